@@ -1,0 +1,1 @@
+"""textdvae: discrete variational autoencoders for text."""
