@@ -1,0 +1,110 @@
+"""TextDVAEConfig: the architecture of a text VAE, and nothing else (it is what goes to the Hub).
+
+Training settings (learning rate, KL and temperature schedules, free bits, word dropout) live in the recipe's
+``train`` section; data and tokenizer settings in ``data`` / ``tokenizer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+ENCODER_TYPES = ("gru", "transformer")
+DECODER_TYPES = ("gru", "transformer")
+LATENT_TYPES = ("categorical", "gaussian", "none")
+ESTIMATORS = ("gumbel", "gumbel_st", "reinmax", "reinforce")
+
+
+@strict
+class TextDVAEConfig(PreTrainedConfig):
+    r"""
+    Args:
+        vocab_size (`int`, defaults to 1000): size V of the token vocabulary (set from the tokenizer by `train`).
+        embed_dim (`int`, defaults to 256): width of the token embeddings.
+        hidden_dim (`int`, defaults to 256): width D of the encoder/decoder states and of the code embeddings.
+        encoder_type (`str`, defaults to `"gru"`): `"gru"` (bidirectional) or `"transformer"` (pre-LN, masked mean pool).
+        decoder_type (`str`, defaults to `"gru"`): `"gru"` or `"transformer"` (pre-LN, causal, codes as a prefix).
+        encoder_layers (`int`, defaults to 1): layers of the encoder.
+        decoder_layers (`int`, defaults to 1): layers of the decoder.
+        num_heads (`int`, defaults to 4): attention heads (Transformer only); must divide `hidden_dim`.
+        ffn_dim (`int`, defaults to 1024): inner width of the Transformer feed-forward blocks.
+        dropout (`float`, defaults to 0.0): dropout on embeddings and between layers.
+        max_position_embeddings (`int`, defaults to 256): longest sequence (tokens) a Transformer can take.
+        latent (`str`, defaults to `"categorical"`): `"categorical"` (N × K codes), `"gaussian"` (a continuous VAE,
+            Bowman et al. 2016, the baseline) or `"none"` (the decoder alone: a language model, the other baseline).
+        num_latents (`int`, defaults to 8): number N of categorical latent variables.
+        num_categories (`int`, defaults to 16): categories K of each latent variable (≥ 2).
+        latent_dim (`int`, defaults to 32): dimensions of the Gaussian latent (`latent="gaussian"` only).
+        estimator (`str`, defaults to `"gumbel_st"`): gradient estimator for the categorical codes: `"gumbel"`
+            (relaxed Gumbel-Softmax), `"gumbel_st"` (straight-through), `"reinmax"` (Liu et al. 2023; τ ≥ 1), or
+            `"reinforce"` (score function with a learned baseline).
+        tie_embeddings (`bool`, defaults to `False`): share the decoder's output matrix with the token embeddings.
+        adaptive_softmax_cutoffs (`list[int]`, *optional*): token-id cutoffs of an adaptive softmax (Grave et al.
+            2017): exact probabilities at a fraction of the cost for large vocabularies whose ids are sorted by
+            frequency. `None` uses the full softmax.
+    """
+
+    model_type = "textdvae"
+
+    vocab_size: int = 1000
+    embed_dim: int = 256
+    hidden_dim: int = 256
+    encoder_type: str = "gru"
+    decoder_type: str = "gru"
+    encoder_layers: int = 1
+    decoder_layers: int = 1
+    num_heads: int = 4
+    ffn_dim: int = 1024
+    dropout: float | int = 0.0
+    max_position_embeddings: int = 256
+    latent: str = "categorical"
+    num_latents: int = 8
+    num_categories: int = 16
+    latent_dim: int = 32
+    estimator: str = "gumbel_st"
+    tie_embeddings: bool = False
+    adaptive_softmax_cutoffs: list[int] | None = None
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    unk_token_id: int | None = 3
+    tie_word_embeddings: bool = False  # transformers' own tying is not used: see `tie_embeddings`
+
+    def __post_init__(self, **kwargs):
+        _choice("encoder_type", self.encoder_type, ENCODER_TYPES)
+        _choice("decoder_type", self.decoder_type, DECODER_TYPES)
+        _choice("latent", self.latent, LATENT_TYPES)
+        _choice("estimator", self.estimator, ESTIMATORS)
+        for key in ("vocab_size", "embed_dim", "hidden_dim", "encoder_layers", "decoder_layers", "num_heads", "ffn_dim",
+                    "max_position_embeddings", "num_latents", "latent_dim"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.num_categories < 2:
+            raise ValueError(f"model.num_categories (K) must be >= 2, got {self.num_categories}: "
+                             "a latent with one category carries no information")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if "transformer" in (self.encoder_type, self.decoder_type) and self.hidden_dim % self.num_heads:
+            raise ValueError(f"model.num_heads={self.num_heads} must divide model.hidden_dim={self.hidden_dim}")
+        cutoffs = self.adaptive_softmax_cutoffs
+        if cutoffs is not None and (list(cutoffs) != sorted(set(cutoffs)) or cutoffs[0] < 1 or cutoffs[-1] >= self.vocab_size):
+            raise ValueError(f"model.adaptive_softmax_cutoffs={cutoffs} must increase strictly within (0, vocab_size="
+                             f"{self.vocab_size}); e.g. [2000, 6000] for a 10k vocabulary")
+        if cutoffs is not None and self.tie_embeddings:
+            raise ValueError("model.tie_embeddings works with the full softmax only; drop model.adaptive_softmax_cutoffs "
+                             "or set model.tie_embeddings=false")
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def architecture_keys(cls) -> list[str]:
+        """The keys a recipe's ``model`` section may set (token ids come from the tokenizer)."""
+        base = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+        own = [f.name for f in dataclasses.fields(cls) if f.name not in base]
+        return [k for k in own if not k.endswith("token_id") and k != "tie_word_embeddings"]
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"model.{key}={value!r} is not one of {', '.join(allowed)}")

@@ -1,0 +1,274 @@
+"""Recipes: a YAML file plus dotted ``key=value`` overrides -> typed, validated config sections.
+
+A recipe has five sections and one top-level key::
+
+    output_dir: runs/quickstart
+    model:     {...}   # architecture -> TextDVAEConfig (what goes to the Hub)
+    data:      {...}   # DataConfig: arguments of datasets.load_dataset + length handling
+    tokenizer: {...}   # TokenizerConfig: train one, or load a pretrained one
+    train:     {...}   # TrainConfig: optimisation, schedules, evaluation, checkpoints
+    hub:       {...}   # HubConfig: push at the end of training
+
+Unknown keys fail at once and name the closest valid key; impossible values fail naming the value and
+the fix. Config flows one way: recipe -> these dataclasses -> constructors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .configuration import TextDVAEConfig
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used as written; the message names the key, the value and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Where the sentences come from. Mirrors ``datasets.load_dataset`` so any Hub dataset or local file works."""
+
+    path: str = "json"  # a Hub dataset id, or a builder: text, json, csv, parquet
+    name: str | None = None  # dataset configuration name (load_dataset's `name`)
+    data_files: dict[str, Any] | None = None  # split -> file or list of files, for local data
+    load_options: dict[str, Any] = field(default_factory=dict)  # extra load_dataset kwargs, e.g. {delimiter: "\t"}
+    text_column: str = "text"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    test_split: str = "test"
+    max_length: int = 64  # tokens per sentence incl. end-of-sentence; longer ones are truncated and counted
+    max_train_samples: int | None = None  # take the first n training sentences (quick runs, tests)
+    max_eval_samples: int | None = None  # the same for the evaluation and test splits
+    encoding_errors: str = "strict"  # non-UTF-8 bytes in local text files: strict (error naming file:line) | replace
+
+    def validate(self) -> None:
+        _positive("data.max_length", self.max_length, minimum=2)
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None:
+                _positive(f"data.{key}", value)
+        _choice("data.encoding_errors", self.encoding_errors, ("strict", "replace"))
+
+
+@dataclass
+class TokenizerConfig:
+    """Train a tokenizer on the training split, or load an existing one."""
+
+    kind: str = "word"  # word | bpe | unigram | pretrained (name_or_path: a Hub id or folder) | sentencepiece (a .model file)
+    vocab_size: int = 10000  # upper bound on the trained vocabulary, special tokens included
+    min_frequency: int = 1  # a word seen fewer times in train becomes <unk> (word) / is not merged (bpe)
+    lowercase: bool = False
+    name_or_path: str | None = None  # for kind=pretrained or kind=sentencepiece
+
+    def validate(self) -> None:
+        _choice("tokenizer.kind", self.kind, ("word", "bpe", "unigram", "pretrained", "sentencepiece"))
+        _positive("tokenizer.vocab_size", self.vocab_size, minimum=8)
+        _positive("tokenizer.min_frequency", self.min_frequency)
+        if self.kind in ("pretrained", "sentencepiece") and not self.name_or_path:
+            raise RecipeError(f"tokenizer.kind={self.kind} needs tokenizer.name_or_path (a Hub id, folder or .model file)")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the schedules that fight posterior collapse. Steps are optimizer steps."""
+
+    seed: int = 0
+    batch_size: int = 64  # sentences per optimizer step (global, across processes)
+    eval_batch_size: int = 256
+    max_steps: int | None = None  # stop after this many steps; if None, train for `epochs`
+    epochs: float = 1.0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant | linear | cosine (decay to 0 at the last step, after warm-up)
+    warmup_steps: int = 0  # learning-rate warm-up
+    grad_clip: float = 5.0  # max global gradient norm; 0 disables
+    beta_schedule: str = "linear"  # KL weight: constant | linear | sigmoid | cyclical (Fu et al. 2019)
+    beta_max: float = 1.0
+    beta_warmup_steps: int = 0
+    beta_cycles: int = 4  # cyclical only
+    beta_ratio: float = 0.5  # cyclical only: fraction of each cycle spent increasing
+    free_bits: float = 0.0  # nats per latent; the objective uses max(KL_i, free_bits)
+    word_dropout: float = 0.0  # probability of replacing a decoder input token by <unk> (Bowman et al. 2016)
+    tau_start: float = 1.0  # Gumbel-Softmax temperature at step 0
+    tau_min: float = 0.5  # floor of the temperature
+    tau_decay: float = 0.0  # per-step rate: tau = max(tau_min, tau_start * exp(-tau_decay * step))
+    eval_every: int = 500  # steps between validation passes (and best-checkpoint updates)
+    save_every: int = 500  # steps between checkpoints
+    keep_checkpoints: int = 2  # the newest checkpoints kept (the best one is kept as well)
+    log_every: int = 20
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+    iw_samples: int = 100  # importance samples for the final NLL estimate
+    max_nonfinite_steps: int = 20  # consecutive non-finite losses before the run stops
+    mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
+
+    def validate(self) -> None:
+        for key in ("batch_size", "eval_batch_size", "eval_every", "save_every", "log_every", "keep_checkpoints", "iw_samples",
+                    "max_nonfinite_steps", "beta_cycles"):
+            _positive(f"train.{key}", getattr(self, key))
+        if self.max_steps is not None:
+            _positive("train.max_steps", self.max_steps)
+        if not self.epochs > 0:
+            raise RecipeError(f"train.epochs must be > 0, got {self.epochs}")
+        if not self.lr > 0:
+            raise RecipeError(f"train.lr must be > 0, got {self.lr}; a typical value is 1e-3")
+        for key in ("weight_decay", "grad_clip", "beta_max", "free_bits", "warmup_steps", "beta_warmup_steps", "tau_decay"):
+            if getattr(self, key) < 0:
+                raise RecipeError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.word_dropout < 1:
+            raise RecipeError(f"train.word_dropout must be in [0, 1), got {self.word_dropout}")
+        if not 0 < self.beta_ratio <= 1:
+            raise RecipeError(f"train.beta_ratio must be in (0, 1], got {self.beta_ratio}")
+        if not (self.tau_start > 0 and self.tau_min > 0):
+            raise RecipeError(f"train.tau_start and train.tau_min must be > 0, got {self.tau_start} and {self.tau_min}")
+        _choice("train.lr_schedule", self.lr_schedule, ("constant", "linear", "cosine"))
+        _choice("train.beta_schedule", self.beta_schedule, ("constant", "linear", "sigmoid", "cyclical"))
+        _choice("train.mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+
+
+@dataclass
+class HubConfig:
+    """Push the final model when ``repo_id`` is set (token from HF_TOKEN or the saved login)."""
+
+    repo_id: str | None = None
+    private: bool = False
+    revision: str | None = None
+
+
+@dataclass
+class Recipe:
+    output_dir: str
+    model: TextDVAEConfig
+    data: DataConfig
+    tokenizer: TokenizerConfig
+    train: TrainConfig
+    hub: HubConfig
+    raw: dict[str, Any]  # the resolved recipe as a plain mapping (written to output_dir/config.yaml)
+
+    def validate_combination(self) -> None:
+        """Checks that span sections."""
+        if self.model.estimator == "reinmax" and self.train.tau_min < 1:
+            raise RecipeError(
+                f"model.estimator=reinmax needs a temperature >= 1 (Liu et al. 2023), got train.tau_min={self.train.tau_min}; "
+                "set train.tau_start=1 train.tau_min=1 (or higher)")
+        if self.train.beta_schedule == "cyclical" and self.train.max_steps is None:
+            raise RecipeError("train.beta_schedule=cyclical needs train.max_steps to place its cycles")
+
+
+_SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "train": TrainConfig, "hub": HubConfig}
+_TOP_LEVEL = ("output_dir", "model", *_SECTIONS)
+
+
+def model_config_keys() -> list[str]:
+    """The architecture keys a recipe's ``model`` section accepts: TextDVAEConfig's documented arguments."""
+    return [key for key in TextDVAEConfig.architecture_keys() if key != "vocab_size"]  # vocab_size comes from the tokenizer
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``key=value`` overrides (dotted keys, YAML-typed values) and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} not found; pass a YAML file such as recipes/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise RecipeError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {str(path)!r} must be a YAML mapping of sections (model, data, tokenizer, train, hub), "
+                          f"got {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return from_dict(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """``train.max_steps=200`` -> raw["train"]["max_steps"] = 200 (the value is parsed as YAML)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"override {item!r} must look like key=value, e.g. train.max_steps=200")
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+
+
+def from_dict(raw: dict[str, Any]) -> Recipe:
+    _check_keys("", raw, _TOP_LEVEL)
+    if not raw.get("output_dir"):
+        raise RecipeError("the recipe needs output_dir (where checkpoints and the final model go), "
+                          "e.g. output_dir=runs/my_run")
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        values = _section(raw, name)
+        _check_keys(f"{name}.", values, [f.name for f in dataclasses.fields(cls)])
+        sections[name] = cls(**values)
+        _check_types(name, sections[name])
+        if hasattr(sections[name], "validate"):
+            sections[name].validate()
+    model_values = _section(raw, "model")
+    _check_keys("model.", model_values, model_config_keys())
+    try:
+        model = TextDVAEConfig(**model_values)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"invalid model section: {err}") from None
+    recipe = Recipe(output_dir=str(raw["output_dir"]), model=model, raw=resolved(raw, sections, model), **sections)
+    recipe.validate_combination()
+    return recipe
+
+
+def resolved(raw: dict[str, Any], sections: dict[str, Any], model: TextDVAEConfig) -> dict[str, Any]:
+    """The recipe with every default filled in: what the run really used."""
+    out: dict[str, Any] = {"output_dir": str(raw["output_dir"])}
+    out["model"] = {key: getattr(model, key) for key in model_config_keys() if hasattr(model, key)}
+    for name, value in sections.items():
+        out[name] = dataclasses.asdict(value)
+    return out
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    values = raw.get(name) or {}
+    if not isinstance(values, dict):
+        raise RecipeError(f"recipe section {name!r} must be a mapping, got {values!r}")
+    return values
+
+
+def _check_keys(prefix: str, values: dict[str, Any], valid: list[str] | tuple[str, ...]) -> None:
+    for key in values:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), list(valid), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+            raise RecipeError(f"unknown recipe key {prefix}{key}{hint}")
+
+
+def _check_types(section: str, obj: Any) -> None:
+    """YAML gives ints, floats, bools and strings: catch `train.lr=fast` before it reaches the optimizer."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        kind = str(f.type)
+        if value is None and "None" in kind:
+            continue
+        if isinstance(value, int) and "float" in kind and not isinstance(value, bool):
+            setattr(obj, f.name, float(value))
+            continue
+        expected = [t for t, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (dict, "dict"))
+                    if name in kind]
+        if expected and not isinstance(value, tuple(expected)) or (isinstance(value, bool) and bool not in expected):
+            raise RecipeError(f"{section}.{f.name} must be {kind.replace(' | None', ' or null')}, got {value!r}")
+
+
+def _positive(key: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise RecipeError(f"{key} must be an integer >= {minimum}, got {value!r}")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise RecipeError(f"{key}={value!r} is not one of {', '.join(allowed)}")
