@@ -1,0 +1,511 @@
+"""Push a trained textdvae model folder to the Hugging Face Hub, with a generated model card.
+
+The local folder is never modified: the model card (``README.md``) and the extra files found next
+to it (metrics / training recipe) are sent as in-memory bytes in the same single commit.
+
+This module deliberately does not import torch: the parameter count is read from the safetensors
+header.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+__all__ = ["HubError", "make_model_card", "push_to_hub"]
+
+
+class HubError(Exception):
+    """A push to (or a request against) the Hugging Face Hub failed; the message says why and what to do."""
+
+
+CARD_TAGS = ["text-vae", "discrete-latent", "gumbel-softmax", "textdvae"]
+
+# (key in metrics.json, human readable name) in the order they appear in the card
+KNOWN_METRICS: list[tuple[str, str]] = [
+    ("elbo", "ELBO"),
+    ("nll", "Negative log-likelihood"),
+    ("ppl", "Perplexity"),
+    ("kl", "KL divergence"),
+    ("mi", "Mutual information I(x; z)"),
+    ("active_latents", "Active latents"),
+    ("rec_bleu", "Reconstruction BLEU"),
+    ("rec_token_acc", "Reconstruction token accuracy"),
+]
+
+# Keys of config.json described in the card's architecture section.
+ARCH_KEYS = [
+    "encoder_type",
+    "decoder_type",
+    "num_latents",
+    "num_categories",
+    "hidden_dim",
+    "embed_dim",
+    "latent",
+    "estimator",
+]
+
+# `datasets` builder names: a recipe data path equal to one of these is not a Hub dataset id.
+_DATASET_BUILDERS = {
+    "text", "json", "csv", "parquet", "arrow", "pandas", "sql", "xml", "webdataset", "generator",
+    "imagefolder", "audiofolder", "videofolder", "folder_based_builder", "cache",
+}
+_DATA_FILE_SUFFIXES = (
+    ".txt", ".text", ".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".gz", ".bz2", ".xz",
+    ".zst", ".zip", ".tar", ".yaml", ".yml",
+)
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+$")
+
+# Weight formats we refuse to publish (pickle-based); textdvae ships safetensors only.
+FORBIDDEN_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+# Never uploaded from the model folder.
+_IGNORED_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
+_IGNORED_FILES = {".DS_Store"}
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def _is_hub_dataset_id(path: Any) -> bool:
+    if not isinstance(path, str) or "/" not in path:
+        return False
+    if path.split("/")[0] in _DATASET_BUILDERS or path in _DATASET_BUILDERS:
+        return False
+    if path.startswith((".", "/", "~")) or path.lower().endswith(_DATA_FILE_SUFFIXES):
+        return False
+    if not _HUB_ID_RE.match(path) or "--" in path or ".." in path:
+        return False
+    return not Path(path).exists()  # a local folder like "data/corpus" is not a Hub id
+
+
+def _safetensors_num_params(path: Path) -> int:
+    """Number of elements in all tensors of a safetensors file, from its JSON header only."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path} is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000:
+            raise ValueError(f"{path} is not a safetensors file (header length {n})")
+        header = json.loads(f.read(n))
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        total += math.prod(info.get("shape", []))
+    return total
+
+
+def count_parameters(model_dir: str | Path) -> int | None:
+    """Total parameter count of the ``*.safetensors`` files in ``model_dir`` (None if there are none)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    return sum(_safetensors_num_params(p) for p in files)
+
+
+def _human_count(n: int) -> str:
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{unit} ({n:,})"
+    return f"{n:,}"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _flat_metrics(metrics: dict | None) -> dict[str, Any]:
+    """Accept ``{"elbo": ..}``, ``{"test_elbo": ..}``/``{"eval_elbo": ..}`` or ``{"test": {"elbo": ..}}``."""
+    if not metrics:
+        return {}
+    if not isinstance(metrics, dict):
+        raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
+    known = {k for k, _ in KNOWN_METRICS}
+    if not any(k in metrics for k in known):
+        for split in ("test", "eval", "validation", "val", "dev"):
+            if isinstance(metrics.get(split), dict):
+                return dict(metrics[split])
+        out = dict(metrics)
+        for key, value in metrics.items():
+            for prefix in ("test_", "eval_", "validation_", "val_"):
+                if key.startswith(prefix) and key[len(prefix):] in known and key[len(prefix):] not in out:
+                    out[key[len(prefix):]] = value
+        return out
+    return dict(metrics)
+
+
+def _fmt_value(v: Any) -> str:
+    return _fmt_raw(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _fmt_raw(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.4g}" if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3) else f"{v:.4f}".rstrip("0").rstrip(".")
+    if isinstance(v, (dict, list)):
+        return "`" + json.dumps(v, sort_keys=True) + "`"
+    return str(v)
+
+
+def _load_config(model_dir: Path) -> dict:
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        return {}
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise HubError(f"Could not read {cfg_path}: {e}. Re-save the model with save_pretrained().") from e
+    return cfg if isinstance(cfg, dict) else {}
+
+
+# ------------------------------------------------------------------------------------ model card
+
+
+def make_model_card(
+    model_dir: str | Path,
+    metrics: dict | None = None,
+    recipe: dict | None = None,
+    repo_id: str | None = None,
+) -> str:
+    """Return the text of a Hugging Face model card (``README.md``) for the model saved in ``model_dir``.
+
+    YAML front matter (library_name, tags, license, datasets when the recipe's ``data.path`` is a Hub
+    dataset id, and a ``model-index`` with the numeric metrics among elbo/nll/ppl/kl/mi/active_latents/
+    rec_bleu/rec_token_acc), then a description of the architecture (from ``config.json`` and the
+    safetensors header), the training recipe, a metrics table and a usage snippet.
+    """
+    import yaml
+
+    model_dir = Path(model_dir)
+    config = _load_config(model_dir)
+    flat = _flat_metrics(metrics)
+    recipe = recipe or None
+    if recipe is not None and not isinstance(recipe, dict):
+        raise TypeError(f"recipe must be a dict, got {type(recipe).__name__}")
+
+    if repo_id:
+        model_name = repo_id.split("/")[-1]
+    else:
+        model_name = model_dir.resolve().parent.name if model_dir.resolve().name == "final" else model_dir.resolve().name
+
+    data_cfg = (recipe or {}).get("data") if isinstance((recipe or {}).get("data"), dict) else {}
+    data_path = data_cfg.get("path") if data_cfg else None
+    hub_dataset = data_path if _is_hub_dataset_id(data_path) else None
+
+    # ---- front matter
+    meta: dict[str, Any] = {"library_name": "textdvae", "tags": list(CARD_TAGS)}
+    if hub_dataset:
+        meta["datasets"] = [hub_dataset]
+    meta["license"] = "apache-2.0"
+    index_metrics = [
+        {"type": key, "name": name, "value": flat[key]}
+        for key, name in KNOWN_METRICS
+        if _is_number(flat.get(key)) and math.isfinite(flat[key])
+    ]
+    if index_metrics:
+        dataset_entry: dict[str, Any] = {
+            "type": hub_dataset or "custom",
+            "name": hub_dataset or (Path(str(data_path)).name if data_path else "custom"),
+        }
+        if data_cfg and isinstance(data_cfg.get("name"), str):
+            dataset_entry["config"] = data_cfg["name"]
+        split = (data_cfg or {}).get("test_split") or (data_cfg or {}).get("eval_split")
+        if isinstance(split, str):
+            dataset_entry["split"] = split
+        meta["model-index"] = [
+            {
+                "name": model_name,
+                "results": [
+                    {
+                        "task": {"type": "text-generation", "name": "Sentence autoencoding"},
+                        "dataset": dataset_entry,
+                        "metrics": index_metrics,
+                    }
+                ],
+            }
+        ]
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+    # ---- body
+    out: list[str] = ["---", front.rstrip("\n"), "---", ""]
+    out.append(f"# {model_name}")
+    out.append("")
+    n_lat, n_cat = config.get("num_latents"), config.get("num_categories")
+    desc = (
+        "A discrete variational autoencoder for sentences, trained with the `textdvae` library. Each sentence is encoded into a sequence of "
+        "categorical latent variables (relaxed with Gumbel-softmax during training) from which the "
+        "decoder reconstructs it."
+    )
+    if isinstance(n_lat, int) and isinstance(n_cat, int) and n_lat > 0 and n_cat > 1:
+        desc += (
+            f" This model uses {n_lat} latent variables with {n_cat} categories each, i.e. a code of at most "
+            f"{n_lat * math.log2(n_cat):.1f} bits per sentence."
+        )
+    out += [desc, "", "## Architecture", ""]
+    rows = [(k, config[k]) for k in ARCH_KEYS if k in config]
+    try:
+        n_params = count_parameters(model_dir)
+    except (OSError, ValueError) as e:  # unreadable header: leave it out rather than fail the card
+        n_params = None
+        rows.append(("parameters", f"unknown ({e})"))
+    if n_params is not None:
+        rows.append(("parameters", _human_count(n_params)))
+    if rows:
+        out += ["| Setting | Value |", "|---|---|"]
+        out += [f"| {k} | {_fmt_value(v)} |" for k, v in rows]
+    else:
+        out.append("No `config.json` was found next to the weights.")
+    out.append("")
+
+    out += ["## Training recipe", ""]
+    if recipe:
+        out += ["```yaml", yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).rstrip("\n"), "```"]
+    else:
+        out.append("No training recipe was provided.")
+    if data_path:
+        where = f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})" if hub_dataset else f"`{data_path}`"
+        out += ["", f"Training data: {where}."]
+    out.append("")
+
+    out += ["## Evaluation", ""]
+    table_rows = [(name, flat[key]) for key, name in KNOWN_METRICS if key in flat and _is_number(flat[key])]
+    known_keys = {k for k, _ in KNOWN_METRICS}
+    table_rows += [(k, v) for k, v in flat.items() if k not in known_keys and _is_number(v)]
+    if table_rows:
+        out += ["| Metric | Value |", "|---|---|"]
+        out += [f"| {name} | {_fmt_value(v)} |" for name, v in table_rows]
+    else:
+        out.append("No evaluation metrics were provided.")
+    out.append("")
+
+    rid = repo_id or "REPO_ID"
+    out += [
+        "## Usage",
+        "",
+        "```python",
+        "from textdvae import TextDVAE",
+        "",
+        f'model = TextDVAE.from_pretrained("{rid}")',
+        'codes, probs = model.encode(["a sentence"])',
+        'print(model.reconstruct(["a sentence"]))',
+        'print(model.interpolate("first sentence", "second sentence", method="hamming"))',
+        "```",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------- push
+
+
+def _find_extras(model_dir: Path) -> tuple[dict | None, dict | None, dict[str, bytes]]:
+    """Locate metrics and recipe for the card. Returns (metrics, recipe, extra files to upload).
+
+    Looks in ``model_dir`` (``metrics.json``, ``recipe.yaml``) then in its parent, which is the layout of
+    a training output dir (``output_dir/final/`` + ``output_dir/metrics.json`` + ``output_dir/config.yaml``).
+    Files found only in the parent are uploaded too, as ``metrics.json`` and ``recipe.yaml``.
+    """
+    import yaml
+
+    extras: dict[str, bytes] = {}
+    metrics = recipe = None
+    for candidate, upload_as in ((model_dir / "metrics.json", None), (model_dir.parent / "metrics.json", "metrics.json")):
+        if candidate.is_file():
+            raw = candidate.read_bytes()
+            try:
+                metrics = json.loads(raw)
+            except ValueError as e:
+                raise HubError(f"{candidate} is not valid JSON ({e}); fix or remove it before pushing.") from e
+            if upload_as:
+                extras[upload_as] = raw
+            break
+    for candidate, upload_as in ((model_dir / "recipe.yaml", None), (model_dir.parent / "config.yaml", "recipe.yaml")):
+        if candidate.is_file():
+            raw = candidate.read_bytes()
+            try:
+                recipe = yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                raise HubError(f"{candidate} is not valid YAML ({e}); fix or remove it before pushing.") from e
+            if recipe is not None and not isinstance(recipe, dict):
+                recipe = None
+            if upload_as:
+                extras[upload_as] = raw
+            break
+    if metrics is not None and not isinstance(metrics, dict):
+        metrics = None
+    return metrics, recipe, extras
+
+
+def _collect_files(model_dir: Path) -> list[tuple[str, Path]]:
+    """(path in repo, local path) for every file to upload; refuses pickle-based weights."""
+    files: list[tuple[str, Path]] = []
+    forbidden: list[str] = []
+    for path in sorted(model_dir.rglob("*")):
+        rel = path.relative_to(model_dir)
+        if any(part in _IGNORED_DIRS for part in rel.parts[:-1]) or rel.parts[0] in _IGNORED_DIRS:
+            continue
+        if not path.is_file() or path.name in _IGNORED_FILES or path.suffix == ".pyc":
+            continue
+        if path.suffix.lower() in FORBIDDEN_WEIGHT_SUFFIXES:
+            forbidden.append(rel.as_posix())
+            continue
+        files.append((rel.as_posix(), path))
+    if forbidden:
+        raise HubError(
+            f"Refusing to push {model_dir}: it contains pickle-based files ({', '.join(forbidden)}). "
+            "textdvae publishes safetensors weights only; remove these files (or push a folder written by "
+            "save_pretrained()) and try again."
+        )
+    return files
+
+
+def _explain(exc: BaseException, repo_id: str, endpoint: str) -> str:
+    """One clear paragraph for a huggingface_hub / network error."""
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, HFValidationError):
+        return (
+            f"Invalid Hub repository name {repo_id!r}: expected the form `namespace/name` (your user or "
+            f"organization name, a slash, then the model name; letters, digits, '-', '_' and '.' only). "
+            f"Details: {exc}"
+        )
+    if isinstance(exc, OfflineModeIsEnabled):
+        return f"Cannot push {repo_id}: offline mode is enabled (HF_HUB_OFFLINE=1). Unset it to push to {endpoint}."
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if getattr(exc, "response", None) is not None else None
+        server_msg = getattr(exc, "server_message", None) or ""
+        detail = f" (server said: {server_msg.strip()})" if server_msg.strip() else ""
+        if status == 401:
+            return (
+                f"Could not push to {repo_id} on {endpoint}: not logged in / invalid token: set HF_TOKEN or run "
+                f"`hf auth login` (or pass token=...) with a token that has write access{detail}."
+            )
+        if status == 403:
+            return (
+                f"Could not push to {repo_id} on {endpoint}: the token has no write access to {repo_id}. Use a "
+                f"token with the 'write' role (or fine-grained write permission on this namespace){detail}."
+            )
+        if isinstance(exc, RevisionNotFoundError):
+            return f"Could not push to {repo_id} on {endpoint}: revision/branch not found{detail}."
+        if isinstance(exc, RepositoryNotFoundError) or status == 404:
+            return (
+                f"Could not push to {repo_id} on {endpoint}: repository not found or not accessible with this "
+                f"token{detail}."
+            )
+        if status == 409:
+            return f"Could not push to {repo_id} on {endpoint}: conflict (HTTP 409){detail}. Retry the push."
+        if status == 412:
+            return f"Could not push to {repo_id} on {endpoint}: the branch moved during the push (HTTP 412). Retry the push."
+        if status is not None and status >= 500:
+            return f"The Hub at {endpoint} failed with HTTP {status} while pushing {repo_id}{detail}; try again later."
+        return f"Pushing {repo_id} to {endpoint} failed (HTTP {status}): {exc}"
+    return f"Could not reach {endpoint}; check your network (and HF_ENDPOINT if you set it). Details: {exc!r}"
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    try:
+        import httpx2  # huggingface_hub's HTTP client
+    except ImportError:  # pragma: no cover
+        httpx2 = None
+    if httpx2 is not None and isinstance(exc, httpx2.TransportError):
+        return True
+    try:
+        import httpx
+    except ImportError:
+        httpx = None
+    if httpx is not None and isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def push_to_hub(
+    model_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Push a saved textdvae model folder to the Hub as ONE commit (files + generated ``README.md``).
+
+    ``model_dir`` must hold ``config.json`` and ``model.safetensors`` (as written by ``save_pretrained``,
+    plus the tokenizer files). Metrics and recipe for the card are read from ``model_dir/metrics.json``
+    and ``model_dir/recipe.yaml``, else ``model_dir.parent/metrics.json`` and
+    ``model_dir.parent/config.yaml`` (training output layout ``output_dir/final/``); the latter are
+    uploaded as ``metrics.json`` / ``recipe.yaml``. A ``README.md`` in ``model_dir`` is replaced by the
+    generated card in the repo (the local folder is never modified). ``revision`` is created as a branch
+    (from ``main``) if needed. ``token`` defaults to huggingface_hub's own resolution (``HF_TOKEN`` or
+    the saved login). Returns the commit URL. Raises :class:`HubError` on any failure.
+    """
+    model_dir = Path(model_dir).expanduser()
+    if not model_dir.is_dir():
+        raise HubError(
+            f"Model folder {str(model_dir)!r} does not exist (or is not a directory). Pass the folder written "
+            "by save_pretrained(), e.g. the `final/` folder of a training run."
+        )
+    missing = [n for n in ("config.json", "model.safetensors") if not (model_dir / n).is_file()]
+    if missing:
+        raise HubError(
+            f"Model folder {str(model_dir)!r} is missing {' and '.join(missing)}; it does not look like a folder "
+            "written by TextDVAE.save_pretrained()."
+        )
+    files = _collect_files(model_dir)
+    metrics, recipe, extras = _find_extras(model_dir)
+
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    api = HfApi(token=token)
+    endpoint = api.endpoint
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HubError(_explain(e, repo_id, endpoint)) from None
+
+    card = make_model_card(model_dir, metrics=metrics, recipe=recipe, repo_id=repo_id)
+    operations = [
+        CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path))
+        for rel, path in files
+        if rel != "README.md" and rel not in extras
+    ]
+    operations += [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=data) for rel, data in extras.items()]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
+
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        full_id = repo_url.repo_id or repo_id
+        if revision and revision != "main" and not revision.startswith("refs/"):
+            api.create_branch(full_id, branch=revision, exist_ok=True, token=token)
+        info = api.create_commit(
+            full_id,
+            operations,
+            commit_message=commit_message or "Upload textdvae model",
+            revision=revision,
+            token=token,
+        )
+    except HubError:
+        raise
+    except (HFValidationError, HfHubHTTPError) as e:
+        raise HubError(_explain(e, repo_id, endpoint)) from e
+    except ValueError as e:  # e.g. the Hub rejected the card metadata
+        raise HubError(f"Pushing {repo_id} to {endpoint} failed: {e}") from e
+    except Exception as e:
+        if _is_network_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
+            raise HubError(_explain(e, repo_id, endpoint)) from e
+        raise
+    return str(info.commit_url)
