@@ -1,0 +1,196 @@
+"""Loading sentences, encoding them, length-bucketed batches and padding."""
+
+import json
+import random
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from textdvae.data import DataError, collate, encode, load_texts, make_batches, padding_waste
+from textdvae.recipe import DataConfig, TokenizerConfig
+from textdvae.tokenization import build_tokenizer
+
+SHARED = Path("/work/shared/data")
+# short Yelp: `label<TAB>sentence`; quotes are ordinary characters and "nan"/"null" are words, not missing values
+YELP_OPTIONS = {"delimiter": "\t", "column_names": ["label", "text"], "quoting": 3, "na_filter": False}
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path, monkeypatch):
+    """Each test gets its own datasets cache, so no test reads another's (or the user's) cached splits."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+
+
+def write(path, content):
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return str(path)
+
+
+def jsonl(rows):
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def test_text_files_are_stripped_blank_lines_counted_and_splits_mapped(tmp_path):
+    files = {
+        "train": write(tmp_path / "train.txt", " the cat sat \n\n a dog ran \n   \n the end \n"),
+        "validation": write(tmp_path / "valid.txt", " only valid \n"),
+        "test": write(tmp_path / "test.txt", " only test \n \n"),
+    }
+    texts, n_blank = load_texts(DataConfig(path="text", data_files=files))
+    assert texts == {"train": ["the cat sat", "a dog ran", "the end"], "eval": ["only valid"], "test": ["only test"]}
+    assert n_blank == {"train": 2, "eval": 0, "test": 1}
+
+
+def test_json_lines_with_extra_keys_and_sample_limits(tmp_path):
+    rows = [{"text": f"sentence {i} .", "subject": "cat", "tense": "past"} for i in range(10)]
+    blank = {"text": " ", "subject": "dog", "tense": "past"}
+    files = {"train": write(tmp_path / "train.jsonl", jsonl(rows[:6] + [blank])),
+             "validation": write(tmp_path / "valid.jsonl", jsonl(rows[6:]))}
+    cfg = DataConfig(path="json", data_files=files, max_train_samples=2, max_eval_samples=3)
+    texts, n_blank = load_texts(cfg)
+    assert texts == {"train": ["sentence 0 .", "sentence 1 ."],
+                     "eval": ["sentence 6 .", "sentence 7 .", "sentence 8 ."]}
+    assert n_blank == {"train": 1, "eval": 0}  # no test split: optional
+
+
+def test_tab_separated_csv_keeps_quotes_and_na_like_words(tmp_path):
+    lines = ['1\tshe said "great food" .', '0\t" quoted start', "1\tnan", "0\tnone", "1\t", '0\tit\'s "fine\n']
+    file = write(tmp_path / "y.txt", "\n".join(lines))
+    texts, n_blank = load_texts(DataConfig(path="csv", data_files={"train": file}, load_options=YELP_OPTIONS))
+    assert texts["train"] == ['she said "great food" .', '" quoted start', "nan", "none", 'it\'s "fine']
+    assert n_blank["train"] == 1
+
+
+def test_missing_text_column_lists_the_columns(tmp_path):
+    file = write(tmp_path / "t.jsonl", jsonl([{"sentence": "a b", "label": 1}]))
+    cfg = DataConfig(path="json", data_files={"train": file})
+    with pytest.raises(DataError, match=r"data.text_column='text'.*columns: sentence, label.*set data.text_column"):
+        load_texts(cfg)
+    with pytest.raises(DataError, match="column 'label' of split 'train' holds int64 values, not text"):
+        load_texts(DataConfig(path="json", data_files=cfg.data_files, text_column="label"))
+
+
+def test_missing_train_split_lists_the_splits(tmp_path):
+    cfg = DataConfig(path="text", data_files={"validation": write(tmp_path / "v.txt", "a b\n")})
+    with pytest.raises(DataError, match=r"data.train_split='train'.*splits: validation"):
+        load_texts(cfg)
+
+
+BAD_FILES = {  # a byte that is not UTF-8 (latin-1 é) on line 3
+    "text": ("t.txt", b"fine\nalso fine\ncaf\xe9 au lait\n"),
+    "json": ("t.jsonl", b'{"text": "fine"}\n{"text": "also fine"}\n{"text": "caf\xe9 au lait"}\n'),
+    "csv": ("t.tsv", b"1\tfine\n0\talso fine\n1\tcaf\xe9 au lait\n"),
+}
+
+
+@pytest.mark.parametrize("builder", BAD_FILES)
+def test_non_utf8_strict_names_file_and_line(builder, tmp_path):
+    name, content = BAD_FILES[builder]
+    file = write(tmp_path / name, content)
+    options = YELP_OPTIONS if builder == "csv" else {}
+    with pytest.raises(DataError, match=rf"{name}', line 3: byte 0xe9 .*data.encoding_errors=replace"):
+        load_texts(DataConfig(path=builder, data_files={"train": file}, load_options=options))
+
+
+@pytest.mark.parametrize("builder", BAD_FILES)
+def test_non_utf8_replace_gives_replacement_character(builder, tmp_path):
+    name, content = BAD_FILES[builder]
+    file = write(tmp_path / name, content)
+    options = YELP_OPTIONS if builder == "csv" else {}
+    texts, _ = load_texts(DataConfig(path=builder, data_files={"train": file}, load_options=options,
+                                     encoding_errors="replace"))
+    assert texts["train"] == ["fine", "also fine", "caf\ufffd au lait"]
+
+
+def test_empty_file_and_all_blank_split_are_errors(tmp_path):
+    empty = write(tmp_path / "empty.txt", "")
+    with pytest.raises(DataError, match=r"empty.txt' \(split 'train'\) is empty"):
+        load_texts(DataConfig(path="text", data_files={"train": empty}))
+    blank = write(tmp_path / "blank.txt", "\n  \n\t\n")
+    with pytest.raises(DataError, match=r"split 'validation' \(.*blank.txt\) has no sentences"):
+        load_texts(DataConfig(path="text", data_files={"train": write(tmp_path / "t.txt", "a\n"), "validation": blank}))
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"data.data_files.train='.*nope.txt' matches no file"):
+        load_texts(DataConfig(path="text", data_files={"train": str(tmp_path / "nope.txt")}))
+
+
+def test_encode_appends_eos_and_truncates_to_max_length():
+    texts = ["a b c", "a b c d e f g", "a"]
+    tokenizer = build_tokenizer(TokenizerConfig(kind="word"), texts)
+    sequences, stats = encode(tokenizer, texts, max_length=4, n_skipped_blank=2)
+    eos = tokenizer.eos_token_id
+    assert sequences[0] == tokenizer("a b c")["input_ids"] + [eos]  # exactly max_length: not truncated
+    assert sequences[1] == tokenizer("a b c")["input_ids"] + [eos]  # 8 with EOS -> 3 tokens + EOS
+    assert sequences[2] == tokenizer("a")["input_ids"] + [eos]
+    assert (stats.n_sentences, stats.n_skipped_blank, stats.n_truncated, stats.n_tokens) == (3, 2, 1, 10)
+
+
+def ptb_like_lengths(n=42_000, seed=0):
+    """Sentence lengths shaped like PTB's (EOS included): mean ~22, sd ~10, between 2 and 64."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.gamma(shape=4.8, scale=4.6, size=n).round().astype(int), 2, 64).tolist()
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_make_batches_covers_every_index_once(shuffle):
+    lengths = ptb_like_lengths(5_000)
+    batches = make_batches(lengths, 64, shuffle=shuffle, seed=3, epoch=1)
+    assert sorted(i for batch in batches for i in batch) == list(range(5_000))
+    assert all(1 <= len(batch) <= 64 for batch in batches)
+    assert sum(len(batch) < 64 for batch in batches) == 1  # only the remainder batch is short
+    assert all(isinstance(i, int) for i in batches[0])
+
+
+def test_make_batches_is_deterministic_per_seed_and_epoch():
+    lengths = ptb_like_lengths(5_000)
+    first = make_batches(lengths, 64, shuffle=True, seed=0, epoch=0)
+    assert make_batches(lengths, 64, shuffle=True, seed=0, epoch=0) == first
+    assert make_batches(lengths, 64, shuffle=True, seed=0, epoch=1) != first
+    assert make_batches(lengths, 64, shuffle=True, seed=1, epoch=0) != first
+    evaluation = make_batches(lengths, 64, shuffle=False, seed=5, epoch=7)
+    assert evaluation == make_batches(lengths, 64, shuffle=False)
+    flat = [i for batch in evaluation for i in batch]
+    assert [lengths[i] for i in flat] == sorted(lengths)
+
+
+def test_length_bucketing_keeps_padding_small():
+    lengths = ptb_like_lengths()
+    bucketed = padding_waste(make_batches(lengths, 64, shuffle=True), lengths)
+    order = list(range(len(lengths)))
+    random.Random(0).shuffle(order)
+    unsorted = padding_waste([order[i:i + 64] for i in range(0, len(order), 64)], lengths)
+    assert bucketed < 0.05
+    assert unsorted > 10 * bucketed
+
+
+def test_padding_waste_counts_padded_positions():
+    assert padding_waste([[0, 1], [2]], [3, 1, 5]) == pytest.approx(2 / 11)
+    assert padding_waste([], []) == 0.0
+
+
+def test_collate_right_pads_with_mask():
+    batch = collate([[5, 6, 2], [7, 2], [2]], pad_id=0)
+    assert batch["input_ids"].dtype == batch["attention_mask"].dtype == torch.long
+    assert batch["input_ids"].tolist() == [[5, 6, 2], [7, 2, 0], [2, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 0]]
+
+
+@pytest.mark.skipif(not (SHARED / "ptb").is_dir(), reason="Penn Treebank not in /work/shared/data")
+def test_penn_treebank_loads_stripped():
+    texts, n_blank = load_texts(DataConfig(path="text", data_files={"train": str(SHARED / "ptb/valid.txt")}))
+    assert len(texts["train"]) == 3370 and n_blank == {"train": 0}
+    assert all(text == text.strip() and text for text in texts["train"])
+
+
+@pytest.mark.skipif(not (SHARED / "short_yelp").is_dir(), reason="short Yelp not in /work/shared/data")
+def test_short_yelp_loads_with_the_csv_builder():
+    files = {"train": str(SHARED / "short_yelp/valid.txt")}
+    texts, n_blank = load_texts(DataConfig(path="csv", data_files=files, load_options=YELP_OPTIONS))
+    lines = (SHARED / "short_yelp/valid.txt").read_text(encoding="utf-8").splitlines()
+    assert texts["train"] == [line.split("\t", 1)[1].strip() for line in lines]
+    assert len(texts["train"]) == 10_000 and n_blank == {"train": 0}
