@@ -1,0 +1,431 @@
+"""TextDVAE: a sentence -> N categorical latent variables of K categories -> the sentence again.
+
+    tokens (B, T) -> encoder (GRU | Transformer) -> pooled (B, P) -> latent logits (B, N, K)
+      -> estimator (Gumbel-Softmax, straight-through, ReinMax, REINFORCE) -> codes (B, N, K)
+      -> code embeddings (B, N, D) -> autoregressive decoder (GRU | Transformer) -> log p(x | z)
+
+The objective is the ELBO (Kingma & Welling 2014; for categorical latents with a uniform prior see Jeffares &
+Liu 2025, "An Introduction to Discrete Variational Autoencoders"):
+    log p(x) >= E_q[log p(x | z)] - KL(q(z | x) || p(z)),   KL = sum_i (log K - H(q(z_i | x))) exactly.
+Baselines share the same code: ``latent="gaussian"`` (Bowman et al. 2016) and ``latent="none"`` (a language model).
+
+Letters: B batch, T tokens, N latent variables, K categories, D model width, E embedding width, V vocabulary,
+M conditioning vectors (N for categorical codes, 1 for a Gaussian latent, 0 without a latent), H hidden (= D).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from . import explore
+from .configuration import TextDVAEConfig
+from .estimators import (gaussian_kl, gaussian_sample, gumbel_softmax, kl_to_uniform, log_prob_of_codes, reinmax,
+                         sample_categorical, score_function_surrogate)
+from .schedules import free_bits as free_bits_objective
+
+
+@dataclass
+class TextDVAEOutput(ModelOutput):
+    """What `TextDVAE.forward` returns. Nats throughout; per-sentence terms are summed over tokens incl. EOS."""
+
+    loss: Tensor | None = None  # () the training objective: mean_B rec + beta * free_bits(KL_i) (+ REINFORCE terms)
+    rec: Tensor | None = None  # (B,) -log p(x | z), nats per sentence
+    kl: Tensor | None = None  # (B,) KL(q(z | x) || p(z)), nats per sentence
+    kl_per_latent: Tensor | None = None  # (B, N) categorical, or (B, Dz) Gaussian dimensions
+    logits: Tensor | None = None  # (B, T, V) next-token log-probabilities; only with output_logits=True
+    latent_logits: Tensor | None = None  # (B, N, K) posterior logits of q(z | x) (categorical)
+    codes: Tensor | None = None  # (B, N, K) the code fed to the decoder (one-hot or relaxed); (B, Dz) Gaussian z
+    mu: Tensor | None = None  # (B, Dz) Gaussian posterior mean
+    logvar: Tensor | None = None  # (B, Dz) Gaussian posterior log-variance
+    n_tokens: Tensor | None = None  # (B,) predicted tokens per sentence (EOS included)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transformer building blocks (pre-LN, Xiong et al. 2020), shared by the encoder and the decoder
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: TextDVAEConfig):
+        super().__init__()
+        self.n_head = config.num_heads
+        self.qkv = nn.Linear(config.hidden_dim, 3 * config.hidden_dim)
+        self.proj = nn.Linear(config.hidden_dim, config.hidden_dim)
+        self.dropout = config.dropout
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None, causal: bool = False, cache: dict | None = None) -> Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:  # incremental decoding: keys/values of earlier positions are kept, not recomputed
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)  # (B, nh, L+T, hs)
+            cache["k"], cache["v"] = k, v
+        mask = key_mask[:, None, None, :] if key_mask is not None else None  # (B, 1, 1, T) True = attend
+        Tq, Tk = q.size(2), k.size(2)
+        is_causal = causal and Tq > 1 and Tq == Tk
+        if causal and Tq > 1 and Tq != Tk:  # new positions after a cached prefix: query i sees keys <= Tk - Tq + i
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=x.device).tril(diagonal=Tk - Tq)  # (Tq, Tk)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+
+
+class Block(nn.Module):
+    def __init__(self, config: TextDVAEConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.hidden_dim)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.hidden_dim)
+        self.mlp = nn.Sequential(nn.Linear(config.hidden_dim, config.ffn_dim), nn.GELU(),
+                                 nn.Linear(config.ffn_dim, config.hidden_dim), nn.Dropout(config.dropout))
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None, causal: bool = False, cache: dict | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), key_mask, causal, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class TransformerStack(nn.Module):
+    """Token embeddings (shared, width E) -> D, learned positions, pre-LN blocks, final LayerNorm."""
+
+    def __init__(self, config: TextDVAEConfig, num_layers: int):
+        super().__init__()
+        self.in_proj = nn.Linear(config.embed_dim, config.hidden_dim) if config.embed_dim != config.hidden_dim else nn.Identity()
+        self.pos = nn.Embedding(config.max_position_embeddings, config.hidden_dim)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(num_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_dim)
+
+    def embed(self, emb: Tensor, start: int = 0) -> Tensor:
+        T = emb.size(1)
+        if start + T > self.pos.num_embeddings:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_position_embeddings={self.pos.num_embeddings}")
+        positions = torch.arange(start, start + T, device=emb.device)
+        return self.drop(self.in_proj(emb) + self.pos(positions))  # (B, T, D)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoders: tokens -> one pooled vector per sentence
+
+
+class GRUEncoder(nn.Module):
+    def __init__(self, config: TextDVAEConfig):
+        super().__init__()
+        self.rnn = nn.GRU(config.embed_dim, config.hidden_dim, config.encoder_layers, batch_first=True,
+                          bidirectional=True, dropout=config.dropout if config.encoder_layers > 1 else 0.0)
+        self.out_dim = 2 * config.hidden_dim
+
+    def forward(self, emb: Tensor, mask: Tensor) -> Tensor:
+        lengths = mask.sum(1).cpu()  # packing makes the backward direction start at each sentence's own end
+        packed = nn.utils.rnn.pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        _, h = self.rnn(packed)  # (layers * 2, B, H)
+        return torch.cat([h[-2], h[-1]], dim=-1)  # (B, 2H) last layer, forward and backward final states
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, config: TextDVAEConfig):
+        super().__init__()
+        self.stack = TransformerStack(config, config.encoder_layers)
+        self.out_dim = config.hidden_dim
+
+    def forward(self, emb: Tensor, mask: Tensor) -> Tensor:
+        x = self.stack.embed(emb)  # (B, T, D)
+        keep = mask.bool()
+        for block in self.stack.blocks:
+            x = block(x, key_mask=keep)
+        x = self.stack.ln_f(x)
+        m = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        return (x * m).sum(1) / m.sum(1)  # (B, D) mean over real tokens only
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoders: conditioning vectors (B, M, D) + shifted tokens -> hidden states; `start`/`step` decode incrementally
+
+
+class GRUDecoder(nn.Module):
+    """The latent sets the initial state and is added to the input at every step (Bowman et al. 2016 feed it once;
+    feeding it at every step keeps the decoder from forgetting it). Adding W_z z to the input embedding is the same
+    function class as concatenating z, at a fraction of the cost: W_z z is computed once per sentence."""
+
+    def __init__(self, config: TextDVAEConfig, cond_size: int):
+        super().__init__()
+        self.layers, self.H = config.decoder_layers, config.hidden_dim
+        self.rnn = nn.GRU(config.embed_dim, config.hidden_dim, config.decoder_layers, batch_first=True,
+                          dropout=config.dropout if config.decoder_layers > 1 else 0.0)
+        if cond_size:
+            self.cond_to_h0 = nn.Linear(cond_size * config.hidden_dim, config.decoder_layers * config.hidden_dim)
+            self.cond_to_in = nn.Linear(cond_size * config.hidden_dim, config.embed_dim)
+        self.cond_size = cond_size
+
+    def start(self, cond: Tensor | None, batch_size: int) -> dict:
+        if not self.cond_size:
+            return {"h": None, "in": None}
+        c = cond.flatten(1)  # (B, M * D)
+        h0 = torch.tanh(self.cond_to_h0(c)).view(-1, self.layers, self.H).transpose(0, 1).contiguous()  # (L, B, H)
+        return {"h": h0, "in": self.cond_to_in(c).unsqueeze(1)}  # in: (B, 1, E)
+
+    def forward(self, emb: Tensor, state: dict) -> tuple[Tensor, dict]:
+        x = emb if state["in"] is None else emb + state["in"]  # (B, T, E)
+        out, h = self.rnn(x, state["h"])  # (B, T, H)
+        return out, {"h": h, "in": state["in"]}
+
+
+class TransformerDecoder(nn.Module):
+    """The M conditioning vectors are a prefix that every token attends to (causal self-attention over [codes; tokens])."""
+
+    def __init__(self, config: TextDVAEConfig, cond_size: int):
+        super().__init__()
+        self.stack = TransformerStack(config, config.decoder_layers)
+
+    def start(self, cond: Tensor | None, batch_size: int) -> dict:
+        caches = [{} for _ in self.stack.blocks]
+        if cond is not None:  # run the prefix once and keep its keys/values
+            x = cond
+            for block, cache in zip(self.stack.blocks, caches):
+                x = block(x, causal=True, cache=cache)
+        return {"caches": caches, "t": 0}
+
+    def forward(self, emb: Tensor, state: dict) -> tuple[Tensor, dict]:
+        x = self.stack.embed(emb, start=state["t"])  # (B, T, D)
+        caches = [dict(c) for c in state["caches"]]  # a forward pass must not grow the caller's cache
+        for block, cache in zip(self.stack.blocks, caches):
+            x = block(x, causal=True, cache=cache)
+        return self.stack.ln_f(x), {"caches": caches, "t": state["t"] + emb.size(1)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TextDVAEPreTrainedModel(PreTrainedModel):
+    config_class = TextDVAEConfig
+    base_model_prefix = "textdvae"
+    main_input_name = "input_ids"
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # PyTorch's own initialisations: at these widths (D ~ 32..512) GPT-2's N(0, 0.02) starts far too quiet
+        if isinstance(module, nn.Linear):
+            bound = 1.0 / math.sqrt(module.in_features)  # = kaiming_uniform(a=sqrt(5)), nn.Linear's default
+            init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.GRU):  # PyTorch's own GRU initialisation, U(-1/sqrt(H), 1/sqrt(H))
+            bound = 1.0 / math.sqrt(module.hidden_size)
+            for param in module.parameters():
+                init.uniform_(param, -bound, bound)
+        elif isinstance(module, TextDVAE):
+            if module.code_embed is not None:
+                init.normal_(module.code_embed, mean=0.0, std=1.0)
+            if module.baseline_mean is not None:
+                init.zeros_(module.baseline_mean)
+
+
+class TextDVAE(TextDVAEPreTrainedModel):
+    def __init__(self, config: TextDVAEConfig):
+        super().__init__(config)
+        c = config
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.embed_dim)
+        self.drop = nn.Dropout(c.dropout)
+        # encoder -> posterior parameters
+        self.encoder = None
+        if c.latent != "none":
+            self.encoder = GRUEncoder(c) if c.encoder_type == "gru" else TransformerEncoder(c)
+            out = c.num_latents * c.num_categories if c.latent == "categorical" else 2 * c.latent_dim
+            self.to_posterior = nn.Linear(self.encoder.out_dim, out)
+        # latent -> M conditioning vectors of width D
+        self.code_embed = None  # (N, K, D): each latent variable has its own code embedding table
+        self.baseline = None
+        self.register_buffer("baseline_mean", torch.zeros(()) if c.estimator == "reinforce" else None)
+        if c.latent == "categorical":
+            self.code_embed = nn.Parameter(torch.empty(c.num_latents, c.num_categories, c.hidden_dim))
+            if c.estimator == "reinforce":  # running mean + learned input-dependent correction (Mnih & Gregor 2014)
+                self.baseline = nn.Linear(self.encoder.out_dim, 1)
+        elif c.latent == "gaussian":
+            self.z_to_cond = nn.Linear(c.latent_dim, c.hidden_dim)
+        cond_size = {"categorical": c.num_latents, "gaussian": 1, "none": 0}[c.latent]
+        self.decoder = GRUDecoder(c, cond_size) if c.decoder_type == "gru" else TransformerDecoder(c, cond_size)
+        # output layer: full softmax (optionally tied to the embeddings) or an exact adaptive softmax
+        self.adaptive = self.out_proj = self.lm_head = None
+        if c.adaptive_softmax_cutoffs:
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(c.hidden_dim, c.vocab_size, list(c.adaptive_softmax_cutoffs),
+                                                          div_value=4.0)
+        elif c.tie_embeddings:
+            self.out_proj = nn.Linear(c.hidden_dim, c.embed_dim) if c.hidden_dim != c.embed_dim else nn.Identity()
+            self.lm_bias = nn.Parameter(torch.zeros(c.vocab_size))
+        else:
+            self.lm_head = nn.Linear(c.hidden_dim, c.vocab_size)
+        self.post_init()
+
+    # ---- pieces that forward composes; evaluation and exploration reuse them -------------------------------------
+
+    def posterior(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (posterior parameters, pooled encoder state): latent logits (B, N, K), or (B, Dz, 2) [mu, logvar]."""
+        pooled = self.encoder(self.drop(self.embed_tokens(input_ids)), attention_mask)  # (B, P)
+        params = self.to_posterior(pooled)
+        if self.config.latent == "categorical":
+            return params.view(-1, self.config.num_latents, self.config.num_categories), pooled  # (B, N, K)
+        return params.view(-1, 2, self.config.latent_dim).transpose(1, 2), pooled  # (B, Dz, 2)
+
+    def condition(self, codes: Tensor | None) -> Tensor | None:
+        """Codes (B, N, K) one-hot or soft -> (B, N, D) code embeddings; Gaussian z (B, Dz) -> (B, 1, D)."""
+        if codes is None:
+            return None
+        if self.config.latent == "categorical":
+            return torch.einsum("bnk,nkd->bnd", codes.to(self.code_embed.dtype), self.code_embed)  # (B, N, D)
+        return self.z_to_cond(codes).unsqueeze(1)  # (B, 1, D)
+
+    def decoder_states(self, input_ids: Tensor, cond: Tensor | None, word_dropout: float = 0.0,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """Teacher forcing: decoder input is [BOS, x_1 .. x_{T-1}]; returns hidden states (B, T, H) predicting x_1..x_T."""
+        bos = torch.full_like(input_ids[:, :1], self.config.bos_token_id)
+        dec_in = torch.cat([bos, input_ids[:, :-1]], dim=1)  # (B, T)
+        if word_dropout > 0:  # Bowman et al. 2016: hide words from the decoder so it must use the latent
+            drop = torch.rand(dec_in.shape, device=dec_in.device, generator=generator) < word_dropout
+            drop[:, 0] = False
+            dec_in = dec_in.masked_fill(drop, self.unk_id)
+        state = self.decoder.start(cond, input_ids.size(0))
+        h, _ = self.decoder(self.drop(self.embed_tokens(dec_in)), state)
+        return self.drop(h)
+
+    def token_log_probs(self, h: Tensor) -> Tensor:
+        """Hidden states (..., H) -> log-probabilities over the vocabulary (..., V), exact for every head."""
+        if self.adaptive is not None:
+            return self.adaptive.log_prob(h.reshape(-1, h.size(-1))).view(*h.shape[:-1], -1)
+        if self.lm_head is not None:
+            return F.log_softmax(self.lm_head(h), dim=-1)
+        return F.log_softmax(F.linear(self.out_proj(h), self.embed_tokens.weight, self.lm_bias), dim=-1)
+
+    def target_log_probs(self, h: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+        """log p(x_t | x_<t, z) at real positions only: (B, T, H), (B, T) -> (B, T), zero at padding.
+        The output layer dominates the FLOPs, so padding positions never reach it."""
+        flat = mask.bool()
+        h_real, y_real = h[flat], targets[flat]  # (n, H), (n,)
+        if self.adaptive is not None:
+            lp = self.adaptive(h_real, y_real).output  # (n,) exact log-probabilities (Grave et al. 2017)
+        else:
+            lp = -F.cross_entropy(self._logits(h_real), y_real, reduction="none")  # (n,)
+        out = torch.zeros(targets.shape, dtype=lp.dtype, device=lp.device)
+        out[flat] = lp
+        return out
+
+    def _logits(self, h: Tensor) -> Tensor:
+        if self.lm_head is not None:
+            return self.lm_head(h)
+        return F.linear(self.out_proj(h), self.embed_tokens.weight, self.lm_bias)
+
+    def reconstruction(self, input_ids: Tensor, attention_mask: Tensor, codes: Tensor | None, **kwargs) -> Tensor:
+        """-log p(x | z) in nats per sentence, (B,)."""
+        h = self.decoder_states(input_ids, self.condition(codes), **kwargs)
+        return -self.target_log_probs(h, input_ids, attention_mask).sum(1)
+
+    @property
+    def unk_id(self) -> int:
+        c = self.config
+        return c.unk_token_id if c.unk_token_id is not None else c.pad_token_id
+
+    def sample_codes(self, latent_logits: Tensor, tau: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """(B, N, K) logits -> (B, N, K) codes. In training the configured estimator; in eval an exact discrete
+        sample, so the ELBO that is reported is comparable across estimators."""
+        estimator = self.config.estimator if self.training else "discrete"
+        if estimator == "gumbel":
+            return gumbel_softmax(latent_logits, tau, hard=False, generator=generator)
+        if estimator == "gumbel_st":
+            return gumbel_softmax(latent_logits, tau, hard=True, generator=generator)
+        if estimator == "reinmax":
+            return reinmax(latent_logits, tau, generator=generator)
+        return sample_categorical(latent_logits, generator=generator)  # reinforce and eval: no gradient through z
+
+    # ---- the model ------------------------------------------------------------------------------------------------
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, tau: float = 1.0, beta: float = 1.0,
+                free_bits: float = 0.0, word_dropout: float = 0.0, codes: Tensor | None = None,
+                generator: torch.Generator | None = None, output_logits: bool = False) -> TextDVAEOutput:
+        """input_ids (B, T): token ids ending with EOS, right-padded; attention_mask (B, T): 1 for real tokens.
+        `codes` (B, N, K) skips the encoder and decodes from the given codes (then kl is None)."""
+        c = self.config
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        n_tokens = attention_mask.sum(1)  # (B,)
+        latent_logits = mu = logvar = kl_per_latent = pooled = None
+        # 1. encode and sample
+        if c.latent != "none" and codes is None:
+            params, pooled = self.posterior(input_ids, attention_mask)
+            if c.latent == "categorical":
+                latent_logits = params  # (B, N, K)
+                codes = self.sample_codes(latent_logits, tau, generator)  # (B, N, K)
+                kl_per_latent = kl_to_uniform(latent_logits)  # (B, N) log K - H(q(z_i | x))
+            else:
+                mu, logvar = params.unbind(-1)  # (B, Dz) each
+                codes = gaussian_sample(mu, logvar, generator=generator)  # (B, Dz)
+                kl_per_latent = gaussian_kl(mu, logvar)  # (B, Dz)
+        # 2. decode with teacher forcing
+        h = self.decoder_states(input_ids, self.condition(codes), word_dropout if self.training else 0.0, generator)
+        rec = -self.target_log_probs(h, input_ids, attention_mask).sum(1)  # (B,) nats per sentence
+        kl = kl_per_latent.sum(1) if kl_per_latent is not None else None  # (B,)
+        # 3. the objective: reconstruction + beta * KL with free bits on each latent's batch-mean KL
+        loss = rec.mean()
+        if kl_per_latent is not None:
+            loss = loss + beta * free_bits_objective(kl_per_latent.mean(0), free_bits)
+        if c.latent == "categorical" and c.estimator == "reinforce" and self.training and latent_logits is not None:
+            loss = loss + self._reinforce_terms(latent_logits, codes, rec, pooled)
+        logits = self.token_log_probs(h) if output_logits else None
+        return TextDVAEOutput(loss=loss, rec=rec, kl=kl, kl_per_latent=kl_per_latent, logits=logits,
+                              latent_logits=latent_logits, codes=codes, mu=mu, logvar=logvar, n_tokens=n_tokens)
+
+    def _reinforce_terms(self, latent_logits: Tensor, codes: Tensor, rec: Tensor, pooled: Tensor) -> Tensor:
+        """Score-function gradient of E_q[rec] for the encoder (the decoder already gets rec's own gradient), with
+        baseline b(x) = running mean of rec + a learned correction from the encoder state (trained by Huber loss).
+        b does not depend on z, so the estimator stays unbiased."""
+        with torch.no_grad():  # exponential running mean: puts the baseline at the right scale from step one
+            self.baseline_mean.lerp_(rec.mean(), 0.01 if self.baseline_mean.item() != 0 else 1.0)
+        baseline = self.baseline_mean + self.baseline(pooled.detach()).squeeze(-1)  # (B,)
+        log_q = log_prob_of_codes(latent_logits, codes)  # (B,)
+        terms = score_function_surrogate(log_q, rec, baseline).mean() + F.smooth_l1_loss(baseline, rec.detach())
+        return terms - terms.detach()  # gradients only: the loss value stays rec + beta * KL, as for every estimator
+
+    # ---- exploring the code space (textdvae/explore.py has the details) --------------------------------------------
+
+    @property
+    def tokenizer(self):
+        """The tokenizer saved beside the model (loaded on first use); assign one to use another."""
+        if getattr(self, "_tokenizer", None) is None:
+            from transformers import AutoTokenizer
+            self._tokenizer = AutoTokenizer.from_pretrained(self.config._name_or_path)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._tokenizer = value
+
+    def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Texts -> most likely codes (B, N) and posterior probabilities (B, N, K)."""
+        return explore.encode(self, texts)
+
+    def decode(self, codes, **kwargs) -> list[str]:
+        """Codes (B, N) or soft codes (B, N, K) -> texts; see explore.decode for strategies."""
+        return explore.decode(self, codes, **kwargs)
+
+    def reconstruct(self, texts: list[str], **kwargs) -> list[str]:
+        return explore.reconstruct(self, texts, **kwargs)
+
+    def sample(self, n: int, **kwargs) -> tuple[list[str], Tensor]:
+        """n sentences from codes drawn from the uniform prior -> (texts, codes (n, N))."""
+        return explore.sample(self, n, **kwargs)
+
+    def interpolate(self, a: str, b: str, method: str = "hamming", steps: int = 5) -> list[dict]:
+        return explore.interpolate(self, a, b, method=method, steps=steps)
+
+    def traverse(self, text: str, latent: int) -> list[dict]:
+        return explore.traverse(self, text, latent)
+
