@@ -1,0 +1,231 @@
+"""What the text-VAE literature reports, computed exactly where it can be.
+
+Nats per sentence throughout (sums over tokens, end-of-sentence included). With a word-level tokenizer a token
+is a word (plus EOS), so `ppl` is the word-level perplexity that PTB papers report.
+
+- `elbo`, `rec`, `kl`, `kl_per_latent`: one discrete sample z ~ q(z|x) per sentence, whatever the training
+  estimator, so every model is scored on the same bound.
+- `nll`: -log p(x) by importance sampling with q as proposal (Burda et al. 2016, arXiv:1509.00519), S samples.
+- `nll_exact`: -log p(x) = -logsumexp_z [log p(x|z) + log p(z)] over all K^N codes, when K^N <= `exact_limit`.
+- `mi`: I(x; z) under the aggregate posterior. Categorical: sum_i [H(E_x q(z_i|x)) - E_x H(q(z_i|x))]. Because
+  q factorises given x and H(z) <= sum_i H(z_i), this sum is an upper bound on the joint I(x; z); each term is at
+  most log K. Gaussian: He et al. 2019's Monte Carlo estimator (arXiv:1901.05534).
+- `au`: active units, He et al. 2019's covariance test Cov_x(E_q[z_u]) > 0.01; for a categorical latent E_q[z_i]
+  is its probability vector and we use the trace of its covariance. `active_latents`: latents with KL_i > 0.01.
+- `code_perplexity`: exp(entropy of how often each category is the argmax code), per latent (1 = unused latent,
+  K = uniform use).
+- `rec_token_acc`, `rec_bleu`: greedy reconstruction from the most likely code, compared position by position
+  with the input (EOS included), and sacrebleu's corpus BLEU of the decoded texts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import data as data_lib
+from .estimators import categorical_entropy, log_prob_of_codes, sample_categorical
+
+ACTIVE_THRESHOLD = 0.01  # nats (KL_i) and variance (AU), as in He et al. 2019
+
+
+def iterate_batches(seqs: list[list[int]], batch_size: int, pad_id: int, rank: int = 0,
+                    world: int = 1) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
+    """Length-sorted batches (little padding) of this process's rows; yields (indices, collated batch)."""
+    for batch in data_lib.make_batches([len(s) for s in seqs], batch_size, shuffle=False):
+        rows = batch[rank::world]
+        if rows:
+            yield rows, data_lib.collate([seqs[i] for i in rows], pad_id)
+
+
+def _reduce(accelerator, values: dict[str, Tensor]) -> dict[str, Tensor]:
+    if accelerator is None or accelerator.num_processes == 1:
+        return values
+    return {k: accelerator.reduce(v.to(accelerator.device), reduction="sum").cpu() for k, v in values.items()}
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def elbo_pass(model, batches, accelerator=None, seed: int = 0) -> dict:
+    """Single-sample ELBO terms over a split (the quick validation used during training)."""
+    model.eval()
+    dev = _device(model)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    n_lat = _num_latent_dims(model.config)
+    sums = {"rec": torch.zeros(()), "kl": torch.zeros(()), "kl_i": torch.zeros(max(n_lat, 1)),
+            "n": torch.zeros(()), "tokens": torch.zeros(())}
+    for _, batch in batches:
+        out = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), generator=gen)
+        sums["rec"] += out.rec.sum().cpu()
+        sums["n"] += out.rec.numel()
+        sums["tokens"] += out.n_tokens.sum().cpu()
+        if out.kl is not None:
+            sums["kl"] += out.kl.sum().cpu()
+            sums["kl_i"] += out.kl_per_latent.sum(0).cpu()
+    sums = _reduce(accelerator, sums)
+    n = sums["n"].item()
+    rec, kl = sums["rec"].item() / n, sums["kl"].item() / n
+    kl_i = (sums["kl_i"] / n).tolist() if n_lat else []
+    return {"elbo": -(rec + kl), "rec": rec, "kl": kl, "kl_per_latent": kl_i,
+            "active_latents": sum(k > ACTIVE_THRESHOLD for k in kl_i), "num_latents": n_lat,
+            "ppl_elbo": math.exp((rec + kl) * n / sums["tokens"].item()), "n_sentences": int(n),
+            "n_tokens": int(sums["tokens"].item())}
+
+
+def _num_latent_dims(config) -> int:
+    return {"categorical": config.num_latents, "gaussian": config.latent_dim, "none": 0}[config.latent]
+
+
+def log_importance_weights(model, input_ids: Tensor, mask: Tensor, params: Tensor, samples: int,
+                           generator: torch.Generator) -> Tensor:
+    """log p(x|z_s) + log p(z_s) - log q(z_s|x) for S samples z_s ~ q(z|x): (B, S) (Burda et al. 2016)."""
+    B = input_ids.size(0)
+    ids = input_ids.repeat_interleave(samples, 0)  # (B*S, T)
+    m = mask.repeat_interleave(samples, 0)
+    if model.config.latent == "categorical":
+        logits = params.repeat_interleave(samples, 0)  # (B*S, N, K)
+        codes = sample_categorical(logits, generator)  # (B*S, N, K)
+        log_prior = -model.config.num_latents * math.log(model.config.num_categories)
+        log_q = log_prob_of_codes(logits, codes)  # (B*S,)
+    else:
+        mu, logvar = (t.repeat_interleave(samples, 0) for t in params.unbind(-1))  # (B*S, Dz)
+        codes = mu + torch.randn(mu.shape, generator=generator, device=mu.device) * (0.5 * logvar).exp()
+        log_prior = _normal_log_density(codes, torch.zeros_like(mu), torch.zeros_like(logvar))
+        log_q = _normal_log_density(codes, mu, logvar)
+    log_px_z = -model.reconstruction(ids, m, codes)  # (B*S,)
+    return (log_px_z + log_prior - log_q).view(B, samples)
+
+
+def _normal_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    return (-0.5 * (math.log(2 * math.pi) + logvar + (z - mu) ** 2 / logvar.exp())).sum(-1)  # (B,)
+
+
+def exact_log_likelihood(model, input_ids: Tensor, mask: Tensor, chunk: int = 4096) -> Tensor:
+    """log p(x) = logsumexp over all K^N codes of log p(x|z) - N log K, for each sentence: (B,)."""
+    N, K = model.config.num_latents, model.config.num_categories
+    dev = input_ids.device
+    total = K ** N
+    per_sentence = []
+    for b in range(input_ids.size(0)):
+        parts = []
+        for start in range(0, total, chunk):
+            idx = torch.arange(start, min(total, start + chunk), device=dev)  # code index -> digits base K
+            digits = torch.stack([(idx // K ** (N - 1 - i)) % K for i in range(N)], dim=1)  # (C, N)
+            codes = F.one_hot(digits, K).float()  # (C, N, K)
+            C = codes.size(0)
+            parts.append(-model.reconstruction(input_ids[b:b + 1].expand(C, -1), mask[b:b + 1].expand(C, -1), codes))
+        per_sentence.append(torch.logsumexp(torch.cat(parts), 0) - N * math.log(K))
+    return torch.stack(per_sentence)
+
+
+@torch.no_grad()
+def evaluate(model, seqs: list[list[int]], tokenizer, accelerator=None, batch_size: int = 128, iw_samples: int = 100,
+             seed: int = 0, exact_limit: int = 65536, max_decode_length: int | None = None) -> dict:
+    """Every metric of the module docstring over one split of encoded sentences (ids ending with EOS)."""
+    from .explore import greedy_decode
+
+    model.eval()
+    dev = _device(model)
+    cfg = model.config
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    metrics = elbo_pass(model, iterate_batches(seqs, batch_size, cfg.pad_token_id, rank, world), accelerator, seed)
+    exact = cfg.latent == "categorical" and cfg.num_categories ** cfg.num_latents <= exact_limit
+    sums = {"nll": torch.zeros(()), "nll_exact": torch.zeros(()), "correct": torch.zeros(()), "ref_tokens": torch.zeros(())}
+    posteriors, mus, logvars, hyps, refs = [], [], [], [], []
+    iw_batch = max(1, batch_size // max(1, iw_samples // 8))  # B*S decoder rows per pass stay bounded
+    for rows, batch in iterate_batches(seqs, iw_batch, cfg.pad_token_id, rank, world):
+        ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+        if cfg.latent == "none":
+            sums["nll"] += model.reconstruction(ids, mask, None).sum().cpu()
+            cond = None
+        else:
+            params, _ = model.posterior(ids, mask)
+            logw = log_importance_weights(model, ids, mask, params, iw_samples, gen)  # (B, S)
+            sums["nll"] -= (torch.logsumexp(logw, 1) - math.log(iw_samples)).sum().cpu()
+            if cfg.latent == "categorical":
+                probs = params.softmax(-1)  # (B, N, K)
+                posteriors.append(probs.cpu())
+                mode = F.one_hot(params.argmax(-1), cfg.num_categories).float()  # (B, N, K) most likely code
+                cond = model.condition(mode)
+                if exact:
+                    sums["nll_exact"] -= exact_log_likelihood(model, ids, mask).sum().cpu()
+            else:
+                mu, logvar = params.unbind(-1)
+                mus.append(mu.cpu())
+                logvars.append(logvar.cpu())
+                cond = model.condition(mu)  # the posterior mean
+        limit = max_decode_length or ids.size(1) + 5
+        out = greedy_decode(model, cond, ids.size(0), limit)
+        for i, hyp in enumerate(out):
+            ref = seqs[rows[i]]
+            sums["correct"] += sum(int(j < len(hyp) and hyp[j] == tok) for j, tok in enumerate(ref))
+            sums["ref_tokens"] += len(ref)
+            hyps.append(_strip_eos(hyp, cfg.eos_token_id))
+            refs.append(_strip_eos(ref, cfg.eos_token_id))
+    sums = _reduce(accelerator, sums)
+    n, n_tok = metrics["n_sentences"], metrics["n_tokens"]
+    metrics["nll"] = sums["nll"].item() / n
+    metrics["ppl"] = math.exp(sums["nll"].item() / n_tok)
+    if exact:
+        metrics["nll_exact"] = sums["nll_exact"].item() / n
+        metrics["ppl_exact"] = math.exp(sums["nll_exact"].item() / n_tok)
+    metrics["rec_token_acc"] = sums["correct"].item() / sums["ref_tokens"].item()
+    metrics["rec_bleu"] = _bleu(tokenizer, hyps, refs, accelerator)
+    metrics["iw_samples"] = iw_samples
+    if cfg.latent == "categorical":
+        metrics.update(categorical_latent_stats(_gather(accelerator, torch.cat(posteriors))))
+    elif cfg.latent == "gaussian":
+        metrics.update(gaussian_latent_stats(_gather(accelerator, torch.cat(mus)), _gather(accelerator, torch.cat(logvars)), gen))
+    else:
+        metrics.update(mi=0.0, au=0)
+    return metrics
+
+
+def categorical_latent_stats(probs: Tensor) -> dict:
+    """probs (n, N, K) posterior probability vectors over a split -> mi, au, code usage."""
+    aggregate = probs.mean(0)  # (N, K) aggregate posterior of each latent
+    mi_i = categorical_entropy(aggregate.clamp_min(1e-12).log()) - categorical_entropy(probs.clamp_min(1e-12).log()).mean(0)
+    cov_trace = probs.var(0, unbiased=False).sum(-1)  # (N,) trace of Cov_x(E_q[z_i])
+    usage = F.one_hot(probs.argmax(-1), probs.size(-1)).float().mean(0)  # (N, K) how often each code is the mode
+    return {"mi": mi_i.sum().item(), "mi_per_latent": mi_i.tolist(), "au": int((cov_trace > ACTIVE_THRESHOLD).sum()),
+            "code_perplexity": categorical_entropy(usage.clamp_min(1e-12).log()).exp().tolist(),
+            "code_usage": usage.tolist()}
+
+
+def gaussian_latent_stats(mu: Tensor, logvar: Tensor, gen: torch.Generator) -> dict:
+    """He et al. 2019: MI by Monte Carlo under the aggregate posterior; AU by Var_x(mu_d) > 0.01."""
+    n, dz = mu.shape
+    neg_entropy = (-0.5 * dz * math.log(2 * math.pi) - 0.5 * (1 + logvar).sum(-1)).mean()
+    z = mu + torch.randn(mu.shape, generator=gen, device=mu.device) * (0.5 * logvar).exp()  # (n, Dz)
+    log_density = torch.stack([_normal_log_density(z[i:i + 1].expand(n, -1), mu, logvar) for i in range(n)])  # (n, n)
+    log_agg = torch.logsumexp(log_density, 1) - math.log(n)
+    return {"mi": (neg_entropy - log_agg.mean()).item(), "au": int((mu.var(0, unbiased=False) > ACTIVE_THRESHOLD).sum())}
+
+
+def _gather(accelerator, t: Tensor) -> Tensor:
+    if accelerator is None or accelerator.num_processes == 1:
+        return t
+    return accelerator.gather_for_metrics(t.to(accelerator.device)).cpu()
+
+
+def _strip_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos)] if eos in ids else list(ids)
+
+
+def _bleu(tokenizer, hyps: list[list[int]], refs: list[list[int]], accelerator=None) -> float:
+    import sacrebleu
+
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+        hyps, refs = gather_object(hyps), gather_object(refs)
+    hyp_text = tokenizer.batch_decode(hyps, skip_special_tokens=True)
+    ref_text = tokenizer.batch_decode(refs, skip_special_tokens=True)
+    return sacrebleu.corpus_bleu(hyp_text, [ref_text], force=True).score  # tokenised text on purpose
