@@ -18,7 +18,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .hub import HubError
     from .recipe import RecipeError
     from .training import TrainingError
-    return (RecipeError, DataError, TrainingError, HubError, ModelLoadError, FileNotFoundError)
+    return (RecipeError, DataError, TrainingError, HubError, ModelLoadError, InputError, FileNotFoundError)
 
 
 class ModelLoadError(RuntimeError):
@@ -86,6 +86,105 @@ def cmd_eval(args) -> int:
     print(format_metrics(metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
+    if "code_usage" in metrics and args.plot:
+        from .plots import code_usage_heatmap
+        code_usage_heatmap(metrics["code_usage"], Path(args.plot), title=f"code usage on {args.split}")
+    return 0
+
+
+def _texts(args) -> list[str]:
+    """Texts from arguments, --file, or stdin ("-" or nothing given and stdin is not a terminal)."""
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--file {args.file} not found")
+        texts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if texts == ["-"] or (not texts and not args.file and not sys.stdin.isatty()):
+        texts = [line.strip() for line in sys.stdin if line.strip()]
+    if not texts:
+        raise InputError("no texts given: pass them as arguments, with --file FILE, or on stdin")
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise InputError(f"text {i + 1} is empty; give at least one word")
+    return texts
+
+
+class InputError(ValueError):
+    """Texts or codes given to a command that cannot be used."""
+
+
+def _emit(args, rows: list[dict], columns: list[str]) -> None:
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    widths = {c: max(len(c), *(len(_cell(r[c])) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_cell(r[c]).ljust(widths[c]) for c in columns))
+
+
+def _cell(value) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def cmd_encode(args) -> int:
+    model, _ = load_model(args.model, args.revision)
+    texts = _texts(args)
+    codes, probs = model.encode(texts)
+    rows = [{"text": t, "codes": c.tolist(), "confidence": round(float(p.max(-1).values.mean()), 4)}
+            for t, c, p in zip(texts, codes, probs)]
+    _emit(args, rows, ["codes", "confidence", "text"])
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    model, _ = load_model(args.model, args.revision)
+    texts = _texts(args)
+    codes, _ = model.encode(texts)
+    recs = model.decode(codes, strategy=args.strategy, num_beams=args.num_beams)
+    rows = [{"text": t, "codes": c.tolist(), "reconstruction": r} for t, c, r in zip(texts, codes, recs)]
+    _emit(args, rows, ["text", "codes", "reconstruction"])
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    model, _ = load_model(args.model, args.revision)
+    gen = torch.Generator().manual_seed(args.seed)
+    texts, codes = model.sample(args.n, generator=gen, strategy=args.strategy, top_p=args.top_p,
+                                temperature=args.temperature)
+    _emit(args, [{"codes": c.tolist(), "text": t} for t, c in zip(texts, codes)], ["codes", "text"])
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    model, _ = load_model(args.model, args.revision)
+    for t in (args.a, args.b):
+        if not t.strip():
+            raise InputError("interpolate needs two non-empty sentences")
+    path = model.interpolate(args.a, args.b, method=args.method, steps=args.steps)
+    if args.json:
+        print(json.dumps([{k: p[k] for k in ("step", "text", "codes")} | ({"repeated": True} if p["repeated"] else {})
+                          for p in path], ensure_ascii=False, indent=2))
+        return 0
+    rows = [{**p, "text": p["text"] + ("  (same as above)" if p["repeated"] else "")} for p in path]
+    _emit(args, rows, ["step", "codes", "text"])
+    return 0
+
+
+def cmd_traverse(args) -> int:
+    model, _ = load_model(args.model, args.revision)
+    if not args.text.strip():
+        raise InputError("traverse needs a non-empty sentence")
+    rows = model.traverse(args.text, args.latent)
+    if args.plot:
+        from .plots import traversal_table
+        traversal_table(args.text, args.latent, rows, args.plot)
+    _emit(args, [{**r, "mark": "*" if r["original"] else ""} for r in rows], ["category", "mark", "text"])
     return 0
 
 
@@ -118,7 +217,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="take the data section from this recipe instead of the model's own")
     p.add_argument("--revision", help="Hub revision")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--plot", default="code_usage.png", help="code-usage heatmap (latent x category) PNG; '' skips it")
     p.set_defaults(func=cmd_eval)
+
+    def model_command(name: str, func, help: str, texts: bool = True):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("model", help="a final/ folder or a Hub repo id")
+        if texts:
+            p.add_argument("texts", nargs="*", help="sentences (or - to read stdin)")
+            p.add_argument("--file", help="read sentences from this file, one per line")
+        p.add_argument("--revision", help="Hub revision")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.set_defaults(func=func)
+        return p
+
+    model_command("encode", cmd_encode, "sentences -> codes")
+    p = model_command("reconstruct", cmd_reconstruct, "sentences -> codes -> sentences")
+    p.add_argument("--strategy", default="greedy", choices=["greedy", "beam"])
+    p.add_argument("--num-beams", type=int, default=4)
+    p = model_command("sample", cmd_sample, "sentences from codes drawn from the prior", texts=False)
+    p.add_argument("-n", type=int, default=10)
+    p.add_argument("--strategy", default="greedy", choices=["greedy", "sample"])
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p = model_command("interpolate", cmd_interpolate, "a path of sentences between A and B in code space", texts=False)
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--method", default="hamming", choices=["hamming", "simplex"])
+    p.add_argument("--steps", type=int, default=5, help="points on a simplex path")
+    p = model_command("traverse", cmd_traverse, "decode a sentence with one latent set to each category", texts=False)
+    p.add_argument("text")
+    p.add_argument("--latent", type=int, required=True)
+    p.add_argument("--plot", help="also draw the table to this PNG file")
 
     p = sub.add_parser("push", help="push a saved model folder to the Hugging Face Hub")
     p.add_argument("model_dir")

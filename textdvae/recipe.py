@@ -255,9 +255,12 @@ def _check_types(section: str, obj: Any) -> None:
         kind = str(f.type)
         if value is None and "None" in kind:
             continue
-        if isinstance(value, int) and "float" in kind and not isinstance(value, bool):
-            setattr(obj, f.name, float(value))
-            continue
+        if "float" in kind and not isinstance(value, bool) and isinstance(value, (int, str)):
+            try:  # YAML reads 3e-4 (no dot) as a string; users mean the number
+                setattr(obj, f.name, float(value))
+                continue
+            except ValueError:
+                pass
         expected = [t for t, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (dict, "dict"))
                     if name in kind]
         if expected and not isinstance(value, tuple(expected)) or (isinstance(value, bool) and bool not in expected):

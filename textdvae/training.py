@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from . import data as data_lib
 from .evaluation import elbo_pass, evaluate, iterate_batches
 from .modeling import TextDVAE
+from .plots import code_usage_heatmap, plot_training_curves
 from .recipe import Recipe
 from .schedules import kl_weight, temperature
 from .tokenization import build_tokenizer
@@ -266,6 +267,8 @@ class Trainer:
             replace_dir(tmp, final)
             write_json_atomic(self.out / "metrics.json", metrics)
             plot_training_curves(self.out / "log.jsonl", self.out / "training_curves.png")
+            if "code_usage" in metrics:
+                code_usage_heatmap(metrics["code_usage"], self.out / "code_usage.png", title=f"code usage on {split}")
             self._print(format_metrics(metrics))
             self._print(f"final model: {final}")
             if self.recipe.hub.repo_id:
@@ -362,40 +365,6 @@ def format_metrics(metrics: dict) -> str:
     rows = [f"  {k:<15} {metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"  {k:<15} {metrics.get(k)}"
             for k in keys if k in metrics]
     return f"metrics on {metrics.get('split', '?')}:\n" + "\n".join(rows)
-
-
-def plot_training_curves(log_path: Path, png_path: Path) -> None:
-    """ELBO terms, beta and tau against steps; skipped with a hint when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        tqdm.write("training curves not plotted: pip install 'textdvae[plot]' (matplotlib)")
-        return
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    train = [r for r in records if "loss" in r]
-    evals = [r for r in records if r.get("split") == "eval"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    steps = [r["step"] for r in train]
-    axes[0].plot(steps, [r["rec"] for r in train], label="train rec")
-    if evals:
-        axes[0].plot([r["step"] for r in evals], [-r["elbo"] for r in evals], "o-", label="valid -ELBO")
-        axes[0].plot([r["step"] for r in evals], [r["rec"] for r in evals], "s--", label="valid rec")
-    axes[0].set(xlabel="step", ylabel="nats / sentence", title="reconstruction and -ELBO")
-    axes[1].plot(steps, [r["kl"] for r in train], label="train KL")
-    if evals:
-        axes[1].plot([r["step"] for r in evals], [r["kl"] for r in evals], "o-", label="valid KL")
-    axes[1].set(xlabel="step", ylabel="nats / sentence", title="KL(q(z|x) || p(z))")
-    axes[2].plot(steps, [r["beta"] for r in train], label="beta (KL weight)")
-    axes[2].plot(steps, [r["tau"] for r in train], label="tau (temperature)")
-    axes[2].set(xlabel="step", title="schedules")
-    for ax in axes:
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
 
 
 def train(recipe: Recipe) -> dict:

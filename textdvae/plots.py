@@ -1,0 +1,85 @@
+"""Pictures of what people would rather see than read: training curves, code usage, traversals.
+
+matplotlib is an optional extra (`pip install 'textdvae[plot]'`); without it each plot is skipped with a hint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _pyplot(what: str):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"{what} not plotted: pip install 'textdvae[plot]' (matplotlib)", file=sys.stderr)
+        return None
+    return plt
+
+
+def plot_training_curves(log_path: Path, png_path: Path) -> None:
+    """ELBO terms, beta and tau against steps; skipped with a hint when matplotlib is missing."""
+    plt = _pyplot("training curves")
+    if plt is None:
+        return
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if r.get("split") == "eval"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    steps = [r["step"] for r in train]
+    axes[0].plot(steps, [r["rec"] for r in train], label="train rec")
+    if evals:
+        axes[0].plot([r["step"] for r in evals], [-r["elbo"] for r in evals], "o-", label="valid -ELBO")
+        axes[0].plot([r["step"] for r in evals], [r["rec"] for r in evals], "s--", label="valid rec")
+    axes[0].set(xlabel="step", ylabel="nats / sentence", title="reconstruction and -ELBO")
+    axes[1].plot(steps, [r["kl"] for r in train], label="train KL")
+    if evals:
+        axes[1].plot([r["step"] for r in evals], [r["kl"] for r in evals], "o-", label="valid KL")
+    axes[1].set(xlabel="step", ylabel="nats / sentence", title="KL(q(z|x) || p(z))")
+    axes[2].plot(steps, [r["beta"] for r in train], label="beta (KL weight)")
+    axes[2].plot(steps, [r["tau"] for r in train], label="tau (temperature)")
+    axes[2].set(xlabel="step", title="schedules")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+
+
+def code_usage_heatmap(usage: list[list[float]], png_path: Path, title: str = "code usage") -> None:
+    """usage (N, K): how often each category is the most likely code of each latent, over a split."""
+    plt = _pyplot("code usage")
+    if plt is None:
+        return
+    N, K = len(usage), len(usage[0])
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * K + 2), max(3, 0.35 * N + 1.5)))
+    im = ax.imshow(usage, aspect="auto", cmap="viridis", vmin=0)
+    ax.set(xlabel="category", ylabel="latent", title=title, xticks=range(K), yticks=range(N))
+    fig.colorbar(im, ax=ax, label="fraction of sentences")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+
+
+def traversal_table(text: str, latent: int, rows: list[dict], png_path: str | Path) -> None:
+    """The sentence decoded with one latent set to each category, drawn as a table (the original code starred)."""
+    plt = _pyplot("traversal")
+    if plt is None:
+        return
+    cells = [[("* " if r["original"] else "") + str(r["category"]), r["text"]] for r in rows]
+    width = max(len(text), *(len(r["text"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(min(20, 2 + 0.11 * width), 0.9 + 0.32 * len(rows)))
+    ax.axis("off")
+    table = ax.table(cellText=cells, colLabels=["category", "decoded sentence"], loc="center", cellLoc="left",
+                     colWidths=[0.12, 0.88])
+    table.auto_set_font_size(False)
+    table.set_fontsize(10)
+    ax.set_title(f"latent {latent} traversed from: {text}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
