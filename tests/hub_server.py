@@ -6,7 +6,8 @@ It speaks enough of the Hub protocol for ``huggingface_hub`` (``create_repo``, `
 ``transformers`` (``from_pretrained`` / ``push_to_hub``) to work against it, with no internet access.
 
 ``huggingface_hub`` reads ``HF_ENDPOINT`` once, at import time, so client code must run in a
-subprocess whose environment points at the server: use :func:`run_with_hub`.
+subprocess whose environment points at the server: use :func:`run_with_hub` (Python code) or
+:func:`run_cli_with_hub` (``python -m textdvae ...``).
 
 Usage from a test::
 
@@ -65,7 +66,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-__all__ = ["HubServer", "run_with_hub", "git_blob_oid"]
+__all__ = ["HubServer", "run_with_hub", "run_cli_with_hub", "hub_env", "git_blob_oid"]
 
 USERNAME = "user"
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
@@ -882,24 +883,19 @@ class HubServer:
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_with_hub(
-    code: str,
+def hub_env(
     server: "HubServer | str",
     *,
     token: str | None = "hf_test",
     hf_home: str | os.PathLike | None = None,
-    timeout: float = 300,
-    cwd: str | os.PathLike | None = None,
     **extra_env: str | None,
-) -> subprocess.CompletedProcess:
-    """Run ``python -c code`` in a fresh interpreter wired to ``server`` (a HubServer or an endpoint URL).
+) -> dict[str, str]:
+    """The environment for a child process wired to ``server`` (a HubServer or an endpoint URL).
 
-    The child gets ``HF_ENDPOINT``, ``HF_TOKEN=token`` (unset if ``token`` is None), a temporary
-    ``HF_HOME`` (or ``hf_home``), telemetry and progress bars off, and every other inherited
-    ``HF_*`` / ``HUGGINGFACE_*`` variable removed. ``extra_env`` adds variables (a ``None`` value
-    removes one). The repo root is prepended to ``PYTHONPATH`` so ``import textdvae`` works.
-    Returns the ``CompletedProcess`` (text mode, stdout/stderr captured); never raises on a
-    non-zero exit code.
+    ``HF_ENDPOINT``, ``HF_TOKEN=token`` (unset if ``token`` is None), ``HF_HOME=hf_home`` (when given),
+    telemetry and progress bars off, and every other inherited ``HF_*`` / ``HUGGINGFACE_*`` variable
+    removed. ``extra_env`` adds variables (a ``None`` value removes one). The repo root is prepended to
+    ``PYTHONPATH`` so ``import textdvae`` works.
     """
     endpoint = server if isinstance(server, str) else server.url
     if not endpoint:
@@ -921,21 +917,71 @@ def run_with_hub(
     env["PYTHONPATH"] = os.pathsep.join([str(_REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     if token is not None:
         env["HF_TOKEN"] = token
+    if hf_home is not None:
+        env["HF_HOME"] = str(hf_home)
     for key, value in extra_env.items():
         if value is None:
             env.pop(key, None)
         else:
             env[key] = str(value)
+    return env
+
+
+def _run_child(
+    cmd: list[str],
+    server: "HubServer | str",
+    *,
+    token: str | None,
+    hf_home: str | os.PathLike | None,
+    timeout: float,
+    cwd: str | os.PathLike | None,
+    extra_env: dict,
+) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="hf_home_") as tmp:
-        env["HF_HOME"] = str(hf_home) if hf_home is not None else tmp
+        env = hub_env(server, token=token, hf_home=hf_home if hf_home is not None else tmp, **extra_env)
         return subprocess.run(
-            [sys.executable, "-c", code],
+            cmd,
             env=env,
             cwd=str(cwd) if cwd is not None else None,
             capture_output=True,
             text=True,
             timeout=timeout,
         )
+
+
+def run_with_hub(
+    code: str,
+    server: "HubServer | str",
+    *,
+    token: str | None = "hf_test",
+    hf_home: str | os.PathLike | None = None,
+    timeout: float = 300,
+    cwd: str | os.PathLike | None = None,
+    **extra_env: str | None,
+) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` in a fresh interpreter wired to ``server`` (a HubServer or an endpoint URL).
+
+    The child's environment is :func:`hub_env`, with a temporary ``HF_HOME`` unless ``hf_home`` is
+    given. Returns the ``CompletedProcess`` (text mode, stdout/stderr captured); never raises on a
+    non-zero exit code.
+    """
+    return _run_child([sys.executable, "-c", code], server, token=token, hf_home=hf_home, timeout=timeout, cwd=cwd,
+                      extra_env=extra_env)
+
+
+def run_cli_with_hub(
+    args: list[str],
+    server: "HubServer | str",
+    *,
+    token: str | None = "hf_test",
+    hf_home: str | os.PathLike | None = None,
+    timeout: float = 300,
+    cwd: str | os.PathLike | None = None,
+    **extra_env: str | None,
+) -> subprocess.CompletedProcess:
+    """Run ``python -m textdvae ARGS...`` (the command line) like :func:`run_with_hub` runs code."""
+    return _run_child([sys.executable, "-m", "textdvae", *map(str, args)], server, token=token, hf_home=hf_home,
+                      timeout=timeout, cwd=cwd, extra_env=extra_env)
 
 
 def main(argv: list[str] | None = None) -> None:

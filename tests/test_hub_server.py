@@ -219,8 +219,11 @@ emit({{"main": url_main, "again": url_again, "dev": url_dev, "plain": url_plain,
     assert res["again"] == res["main"]
     files = hub.files("user/dvae")
     assert set(commits[0]["changed"]) == set(files) - {".gitattributes"}
-    expected_files = {"README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.json", "recipe.yaml"}
+    expected_files = {"README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.json",
+                      "recipe.yaml", "generation_config.json"}
     assert set(files) == expected_files | {".gitattributes"}
+    assert json.loads(files["generation_config.json"]) == {"use_cache": False}  # no token ids in this config.json
+    assert not (final / "generation_config.json").exists()
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert files[name] == (final / name).read_bytes()
     assert files["metrics.json"] == (out / "metrics.json").read_bytes()
@@ -267,6 +270,9 @@ def test_push_to_hub_failures(hub, tmp_path):
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     no_weights = write_model_folder(tmp_path / "noweights")
     (no_weights / "model.safetensors").unlink()
+    no_tokenizer = write_model_folder(tmp_path / "notokenizer")
+    (no_tokenizer / "tokenizer.json").unlink()
+    (no_tokenizer / "tokenizer_config.json").unlink()
     missing = tmp_path / "does-not-exist"
     before = tree_digest(tmp_path)
 
@@ -285,6 +291,7 @@ cases = {{
     "missing_folder": lambda: push_to_hub({str(missing)!r}, "user/a", token="hf_test"),
     "pickle_weights": lambda: push_to_hub({str(pickled)!r}, "user/a", token="hf_test"),
     "no_safetensors": lambda: push_to_hub({str(no_weights)!r}, "user/a", token="hf_test"),
+    "no_tokenizer": lambda: push_to_hub({str(no_tokenizer)!r}, "user/a", token="hf_test"),
 }}
 out = {{}}
 for name, call in cases.items():
@@ -309,6 +316,7 @@ emit(out)
     assert str(missing) in res["missing_folder"][1]
     assert "pytorch_model.bin" in res["pickle_weights"][1]
     assert "model.safetensors" in res["no_safetensors"][1]
+    assert "tokenizer" in res["no_tokenizer"][1] and str(no_tokenizer) in res["no_tokenizer"][1]
     assert hub.repo_ids() == ["user/existing"]
     assert [c["title"] for c in hub.commits("user/existing")] == ["initial commit"]
 

@@ -41,11 +41,22 @@ def load_model(name: str, revision: str | None = None):
         model = TextDVAE.from_pretrained(name, revision=revision)
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     except OSError as err:
-        raise ModelLoadError(f"could not load model {name!r}: {err}") from None
+        from huggingface_hub import constants
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+        cause = err.__cause__
+        if isinstance(cause, RevisionNotFoundError):
+            msg = f"revision {revision!r} not found in Hub repo {name} on {constants.ENDPOINT} (pass a branch, tag or commit)"
+        elif isinstance(cause, RepositoryNotFoundError):
+            msg = (f"model {name!r} not found: no local folder of that name and no Hub repo {name} on {constants.ENDPOINT} "
+                   "(if the repo is private or gated, log in with `hf auth login` or set HF_TOKEN)")
+        else:
+            msg = f"could not load model {name!r}: {' '.join(str(err).split())}"  # one paragraph
+        raise ModelLoadError(msg) from None
     except Exception as err:  # safetensors raises its own error types for truncated or corrupt files
         if type(err).__name__ in ("SafetensorError", "HeaderTooLarge", "HeaderTooSmall", "InvalidHeaderDeserialization"):
             raise ModelLoadError(f"the weights of {name!r} are truncated or corrupt ({err}); re-download or re-train") from None
         raise
+    model.tokenizer = tokenizer  # the one from this revision; saves loading it a second time
     model.eval()
     return model, tokenizer
 
@@ -86,21 +97,26 @@ def cmd_eval(args) -> int:
     print(format_metrics(metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
-    if "code_usage" in metrics and args.plot:
+    plot = args.plot if args.plot is not None else (
+        str(Path(args.json).with_suffix("")) + "_code_usage.png" if args.json else "code_usage.png")
+    if "code_usage" in metrics and plot:
         from .plots import code_usage_heatmap
-        code_usage_heatmap(metrics["code_usage"], Path(args.plot), title=f"code usage on {args.split}")
+        code_usage_heatmap(metrics["code_usage"], Path(plot), title=f"code usage on {args.split}")
+        print(f"code usage heatmap: {plot}")
     return 0
 
 
 def _texts(args) -> list[str]:
-    """Texts from arguments, --file, or stdin ("-" or nothing given and stdin is not a terminal)."""
-    texts = list(args.texts)
+    """Texts from arguments, --file, or stdin ("-" among the arguments, or nothing given and stdin not a terminal)."""
+    texts = []
+    for t in args.texts:
+        texts += [line.strip() for line in sys.stdin if line.strip()] if t == "-" else [t]
     if args.file:
         path = Path(args.file)
         if not path.is_file():
             raise FileNotFoundError(f"--file {args.file} not found")
         texts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if texts == ["-"] or (not texts and not args.file and not sys.stdin.isatty()):
+    if not args.texts and not args.file and not sys.stdin.isatty():
         texts = [line.strip() for line in sys.stdin if line.strip()]
     if not texts:
         raise InputError("no texts given: pass them as arguments, with --file FILE, or on stdin")
@@ -114,26 +130,47 @@ class InputError(ValueError):
     """Texts or codes given to a command that cannot be used."""
 
 
+def _explore_model(args, categorical: bool = True):
+    """The model of an explore command, with the tokenizer loaded beside it (same revision)."""
+    model, tokenizer = load_model(args.model, args.revision)
+    model.tokenizer = tokenizer
+    if categorical and model.config.latent != "categorical":
+        raise InputError(f"textdvae {args.command} works on categorical codes; {args.model} has "
+                         f"latent={model.config.latent!r} (sample works with every latent)")
+    return model
+
+
+def _explore(fn, *args, **kwargs):
+    """Run an explore function; its ValueErrors (an empty text, a latent out of range, bad decoding settings) are
+    the user's input, reported without a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
 def _emit(args, rows: list[dict], columns: list[str]) -> None:
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return
     widths = {c: max(len(c), *(len(_cell(r[c])) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
+    print("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
     for r in rows:
-        print("  ".join(_cell(r[c]).ljust(widths[c]) for c in columns))
+        print("  ".join(_cell(r[c]).ljust(widths[c]) for c in columns).rstrip())
 
 
 def _cell(value) -> str:
     if isinstance(value, list):
-        return " ".join(map(str, value))
+        return " ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in value)
     return str(value)
 
 
 def cmd_encode(args) -> int:
-    model, _ = load_model(args.model, args.revision)
+    model = _explore_model(args)
     texts = _texts(args)
-    codes, probs = model.encode(texts)
+    codes, probs = _explore(model.encode, texts)
     rows = [{"text": t, "codes": c.tolist(), "confidence": round(float(p.max(-1).values.mean()), 4)}
             for t, c, p in zip(texts, codes, probs)]
     _emit(args, rows, ["codes", "confidence", "text"])
@@ -141,10 +178,10 @@ def cmd_encode(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
-    model, _ = load_model(args.model, args.revision)
+    model = _explore_model(args)
     texts = _texts(args)
-    codes, _ = model.encode(texts)
-    recs = model.decode(codes, strategy=args.strategy, num_beams=args.num_beams)
+    codes, _ = _explore(model.encode, texts)
+    recs = _explore(model.decode, codes, strategy=args.strategy, num_beams=args.num_beams, max_length=args.max_length)
     rows = [{"text": t, "codes": c.tolist(), "reconstruction": r} for t, c, r in zip(texts, codes, recs)]
     _emit(args, rows, ["text", "codes", "reconstruction"])
     return 0
@@ -153,34 +190,38 @@ def cmd_reconstruct(args) -> int:
 def cmd_sample(args) -> int:
     import torch
 
-    model, _ = load_model(args.model, args.revision)
+    model = _explore_model(args, categorical=False)
     gen = torch.Generator().manual_seed(args.seed)
-    texts, codes = model.sample(args.n, generator=gen, strategy=args.strategy, top_p=args.top_p,
-                                temperature=args.temperature)
-    _emit(args, [{"codes": c.tolist(), "text": t} for t, c in zip(texts, codes)], ["codes", "text"])
+    texts, codes = _explore(model.sample, args.n, generator=gen, strategy=args.strategy, top_k=args.top_k,
+                            top_p=args.top_p, temperature=args.temperature, max_length=args.max_length)
+    key = "codes" if model.config.latent == "categorical" else "z"
+    rows = [{key: [round(v, 4) for v in c.tolist()] if key == "z" else c.tolist(), "text": t}
+            for t, c in zip(texts, codes)] if codes is not None else [{"text": t} for t in texts]
+    _emit(args, rows, [key, "text"] if codes is not None else ["text"])
     return 0
 
 
 def cmd_interpolate(args) -> int:
-    model, _ = load_model(args.model, args.revision)
+    model = _explore_model(args)
     for t in (args.a, args.b):
         if not t.strip():
             raise InputError("interpolate needs two non-empty sentences")
-    path = model.interpolate(args.a, args.b, method=args.method, steps=args.steps)
+    path = _explore(model.interpolate, args.a, args.b, method=args.method, steps=args.steps, max_length=args.max_length)
     if args.json:
-        print(json.dumps([{k: p[k] for k in ("step", "text", "codes")} | ({"repeated": True} if p["repeated"] else {})
+        keys = ("step", "text", "codes", "t")
+        print(json.dumps([{k: p[k] for k in keys if k in p} | ({"repeated": True} if p["repeated"] else {})
                           for p in path], ensure_ascii=False, indent=2))
         return 0
     rows = [{**p, "text": p["text"] + ("  (same as above)" if p["repeated"] else "")} for p in path]
-    _emit(args, rows, ["step", "codes", "text"])
+    _emit(args, rows, ["step", "t", "codes", "text"] if args.method == "simplex" else ["step", "codes", "text"])
     return 0
 
 
 def cmd_traverse(args) -> int:
-    model, _ = load_model(args.model, args.revision)
+    model = _explore_model(args)
     if not args.text.strip():
         raise InputError("traverse needs a non-empty sentence")
-    rows = model.traverse(args.text, args.latent)
+    rows = _explore(model.traverse, args.text, args.latent, max_length=args.max_length)
     if args.plot:
         from .plots import traversal_table
         traversal_table(args.text, args.latent, rows, args.plot)
@@ -217,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="take the data section from this recipe instead of the model's own")
     p.add_argument("--revision", help="Hub revision")
     p.add_argument("--json", help="also write the metrics to this JSON file")
-    p.add_argument("--plot", default="code_usage.png", help="code-usage heatmap (latent x category) PNG; '' skips it")
+    p.add_argument("--plot", help="code-usage heatmap (latent x category) PNG; default beside --json, or "
+                   "./code_usage.png; '' skips it")
     p.set_defaults(func=cmd_eval)
 
     def model_command(name: str, func, help: str, texts: bool = True):
@@ -228,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--file", help="read sentences from this file, one per line")
         p.add_argument("--revision", help="Hub revision")
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        if name != "encode":
+            p.add_argument("--max-length", type=int, default=64, help="longest decoded sentence, in tokens")
         p.set_defaults(func=func)
+        _intermixed(p)
         return p
 
     model_command("encode", cmd_encode, "sentences -> codes")
@@ -238,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = model_command("sample", cmd_sample, "sentences from codes drawn from the prior", texts=False)
     p.add_argument("-n", type=int, default=10)
     p.add_argument("--strategy", default="greedy", choices=["greedy", "sample"])
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens only (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the most likely tokens of this mass")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p = model_command("interpolate", cmd_interpolate, "a path of sentences between A and B in code space", texts=False)
@@ -261,6 +307,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _intermixed(parser: argparse.ArgumentParser) -> None:
+    """Let options come between a subcommand's positional arguments (`reconstruct MODEL --json "a" "b"`): before
+    Python 3.13 argparse gives a `nargs="*"` positional the empty list at the first option and then rejects the rest."""
+    plain = parser.parse_known_args
+    busy = []
+
+    def parse_known_args(args=None, namespace=None):
+        if busy:  # parse_known_intermixed_args calls parse_known_args itself (Python < 3.13)
+            return plain(args, namespace)
+        busy.append(True)
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            busy.pop()
+
+    parser.parse_known_args = parse_known_args
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.debug:
@@ -270,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         print(f"textdvae {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"textdvae {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # training's TrainingInterrupted says how to resume, and carries 130 or 143
+        print(f"textdvae {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
 
 
 if __name__ == "__main__":

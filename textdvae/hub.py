@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HubError", "make_model_card", "push_to_hub"]
+__all__ = ["HubError", "generation_config_dict", "make_model_card", "push_to_hub"]
 
 
 class HubError(Exception):
@@ -163,6 +163,18 @@ def _load_config(model_dir: Path) -> dict:
     except (OSError, ValueError) as e:
         raise HubError(f"Could not read {cfg_path}: {e}. Re-save the model with save_pretrained().") from e
     return cfg if isinstance(cfg, dict) else {}
+
+
+def generation_config_dict(config: dict) -> dict:
+    """The generation config shipped with a model (``generation_config.json``), from its ``config.json`` dict.
+
+    textdvae decodes with its own ``TextDVAE.decode`` / ``reconstruct`` / ``sample`` (transformers 5 gives a
+    ``PreTrainedModel`` no ``generate``), so this only records the special token ids and ``use_cache=False``; it
+    loads with ``transformers.GenerationConfig.from_pretrained(repo_id)``.
+    """
+    out: dict[str, Any] = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+    out["use_cache"] = False
+    return out
 
 
 # ------------------------------------------------------------------------------------ model card
@@ -442,8 +454,9 @@ def push_to_hub(
 ) -> str:
     """Push a saved textdvae model folder to the Hub as ONE commit (files + generated ``README.md``).
 
-    ``model_dir`` must hold ``config.json`` and ``model.safetensors`` (as written by ``save_pretrained``,
-    plus the tokenizer files). Metrics and recipe for the card are read from ``model_dir/metrics.json``
+    ``model_dir`` must hold ``config.json``, ``model.safetensors`` (as written by ``save_pretrained``) and the
+    tokenizer files; a ``generation_config.json`` (see :func:`generation_config_dict`) is added when the folder
+    has none. Metrics and recipe for the card are read from ``model_dir/metrics.json``
     and ``model_dir/recipe.yaml``, else ``model_dir.parent/metrics.json`` and
     ``model_dir.parent/config.yaml`` (training output layout ``output_dir/final/``); the latter are
     uploaded as ``metrics.json`` / ``recipe.yaml``. A ``README.md`` in ``model_dir`` is replaced by the
@@ -463,8 +476,22 @@ def push_to_hub(
             f"Model folder {str(model_dir)!r} is missing {' and '.join(missing)}; it does not look like a folder "
             "written by TextDVAE.save_pretrained()."
         )
+    names = {p.name for p in model_dir.iterdir()}
+    if not names & {"tokenizer.json", "tokenizer_config.json"}:
+        raise HubError(
+            f"Model folder {str(model_dir)!r} has no tokenizer files (tokenizer.json / tokenizer_config.json); a model "
+            "on the Hub needs its tokenizer to read and write text. Save it next to the weights with "
+            "tokenizer.save_pretrained(folder) (training runs do this in final/), or push the model object with "
+            "model.push_to_hub(repo_id)."
+        )
     files = _collect_files(model_dir)
     metrics, recipe, extras = _find_extras(model_dir)
+    if "generation_config.json" not in names:  # sent from memory: the local folder is never written to
+        config = _load_config(model_dir)
+        gen = generation_config_dict(config)
+        if config.get("transformers_version"):
+            gen["transformers_version"] = config["transformers_version"]
+        extras["generation_config.json"] = (json.dumps(gen, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError

@@ -116,17 +116,28 @@ class TransformerStack(nn.Module):
 
 
 class GRUEncoder(nn.Module):
+    """Bidirectional GRU (one stack per direction) whose final states ignore padding. Packed sequences would do that too, but on CPU they fall
+    off the fused (oneDNN) GRU kernel onto a per-step loop several times slower; instead the backward direction
+    runs forward over each sentence reversed within its own length, and both read their state at the last real
+    token. Right padding then never reaches a state that is used."""
+
     def __init__(self, config: TextDVAEConfig):
         super().__init__()
-        self.rnn = nn.GRU(config.embed_dim, config.hidden_dim, config.encoder_layers, batch_first=True,
-                          bidirectional=True, dropout=config.dropout if config.encoder_layers > 1 else 0.0)
+        dropout = config.dropout if config.encoder_layers > 1 else 0.0
+        self.fwd = nn.GRU(config.embed_dim, config.hidden_dim, config.encoder_layers, batch_first=True, dropout=dropout)
+        self.bwd = nn.GRU(config.embed_dim, config.hidden_dim, config.encoder_layers, batch_first=True, dropout=dropout)
         self.out_dim = 2 * config.hidden_dim
 
     def forward(self, emb: Tensor, mask: Tensor) -> Tensor:
-        lengths = mask.sum(1).cpu()  # packing makes the backward direction start at each sentence's own end
-        packed = nn.utils.rnn.pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
-        _, h = self.rnn(packed)  # (layers * 2, B, H)
-        return torch.cat([h[-2], h[-1]], dim=-1)  # (B, 2H) last layer, forward and backward final states
+        B, T, E = emb.shape
+        lengths = mask.sum(1)  # (B,)
+        pos = torch.arange(T, device=emb.device).expand(B, T)
+        rev = torch.where(pos < lengths[:, None], lengths[:, None] - 1 - pos, pos)  # (B, T) reverse real tokens only
+        emb_rev = emb.gather(1, rev.unsqueeze(-1).expand(B, T, E))  # (B, T, E)
+        last = (lengths - 1).view(B, 1, 1).expand(B, 1, self.fwd.hidden_size)  # (B, 1, H) index of the last token
+        h_fwd = self.fwd(emb)[0].gather(1, last).squeeze(1)  # (B, H) state after x_1..x_n
+        h_bwd = self.bwd(emb_rev)[0].gather(1, last).squeeze(1)  # (B, H) state after x_n..x_1
+        return torch.cat([h_fwd, h_bwd], dim=-1)  # (B, 2H)
 
 
 class TransformerEncoder(nn.Module):
@@ -398,15 +409,63 @@ class TextDVAE(TextDVAEPreTrainedModel):
 
     @property
     def tokenizer(self):
-        """The tokenizer saved beside the model (loaded on first use); assign one to use another."""
+        """The tokenizer saved beside the model (loaded on first use, from the same folder or Hub repo and
+        revision as the model); assign one to use another."""
         if getattr(self, "_tokenizer", None) is None:
             from transformers import AutoTokenizer
-            self._tokenizer = AutoTokenizer.from_pretrained(self.config._name_or_path)
+            source = self.config._name_or_path
+            if not source:
+                raise ValueError("this model has no tokenizer: it was not loaded with from_pretrained(); assign one "
+                                 "with `model.tokenizer = tokenizer`")
+            self._tokenizer = AutoTokenizer.from_pretrained(source, **getattr(self, "_tokenizer_kwargs", {}))
         return self._tokenizer
 
     @tokenizer.setter
     def tokenizer(self, value) -> None:
         self._tokenizer = value
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained` (a folder or a Hub repo id); also remembers the Hub arguments
+        (revision, token, cache_dir, ...) so that `model.tokenizer` is loaded from the same revision."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        keys = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download", "proxies")
+        model._tokenizer_kwargs = {k: kwargs[k] for k in keys if kwargs.get(k) is not None}
+        return loaded
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,
+                    commit_message: str | None = None, token: str | None = None, metrics: dict | None = None,
+                    recipe: dict | None = None) -> str:
+        """Push the model to the Hugging Face Hub in ONE commit: safetensors weights, config.json, the tokenizer,
+        generation_config.json and a model card (README.md, made by `textdvae.hub.make_model_card`; `metrics` and
+        `recipe` go into it). The token comes from `token`, else HF_TOKEN or the saved login. `revision` is a
+        branch, created from main if needed. Returns the commit URL; raises `textdvae.hub.HubError` on failure."""
+        import json
+        import tempfile
+        from pathlib import Path
+
+        import yaml
+        from transformers import GenerationConfig
+
+        from .hub import HubError, generation_config_dict, push_to_hub
+
+        try:
+            tokenizer = self.tokenizer
+        except Exception as err:  # noqa: BLE001 - any failure to find the tokenizer means we cannot push
+            raise HubError(f"cannot push {repo_id}: the model's tokenizer is unavailable ({err}); assign it with "
+                           "`model.tokenizer = tokenizer` and push again") from err
+        with tempfile.TemporaryDirectory(prefix="textdvae-push-") as tmp:
+            folder = Path(tmp) / "model"  # an empty parent: push_to_hub also looks there for metrics / recipe
+            self.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            GenerationConfig(**generation_config_dict(self.config.to_dict())).save_pretrained(folder)
+            if metrics is not None:
+                (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            if recipe is not None:
+                (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+            return push_to_hub(folder, repo_id, private=bool(private), revision=revision,
+                               commit_message=commit_message, token=token if isinstance(token, str) else None)
 
     def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Texts -> most likely codes (B, N) and posterior probabilities (B, N, K)."""
@@ -420,12 +479,15 @@ class TextDVAE(TextDVAEPreTrainedModel):
         return explore.reconstruct(self, texts, **kwargs)
 
     def sample(self, n: int, **kwargs) -> tuple[list[str], Tensor]:
-        """n sentences from codes drawn from the uniform prior -> (texts, codes (n, N))."""
+        """n sentences from codes drawn from the prior -> (texts, codes (n, N)); see explore.sample."""
         return explore.sample(self, n, **kwargs)
 
-    def interpolate(self, a: str, b: str, method: str = "hamming", steps: int = 5) -> list[dict]:
-        return explore.interpolate(self, a, b, method=method, steps=steps)
+    def interpolate(self, a: str, b: str, method: str = "hamming", steps: int = 5, **kwargs) -> list[dict]:
+        """A path of sentences from A's reconstruction to B's: [{"step", "text", "codes", "repeated"}];
+        method "hamming" (one latent at a time) or "simplex" (`steps` mixtures of the posteriors)."""
+        return explore.interpolate(self, a, b, method=method, steps=steps, **kwargs)
 
-    def traverse(self, text: str, latent: int) -> list[dict]:
-        return explore.traverse(self, text, latent)
+    def traverse(self, text: str, latent: int, **kwargs) -> list[dict]:
+        """The text decoded with latent `latent` set to each category: [{"category", "text", "codes", "original"}]."""
+        return explore.traverse(self, text, latent, **kwargs)
 
