@@ -215,8 +215,11 @@ def from_dict(raw: dict[str, Any]) -> Recipe:
             sections[name].validate()
     model_values = _section(raw, "model")
     _check_keys("model.", model_values, model_config_keys())
+    # The real vocabulary size comes from the tokenizer at training time; until then its upper bound stands in
+    # (trained tokenizers never exceed tokenizer.vocab_size) so that size-dependent checks can run now.
+    provisional_vocab = sections["tokenizer"].vocab_size if sections["tokenizer"].kind in ("word", "bpe", "unigram") else 2**31 - 1
     try:
-        model = TextDVAEConfig(**model_values)
+        model = TextDVAEConfig(vocab_size=provisional_vocab, **model_values)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"invalid model section: {err}") from None
     recipe = Recipe(output_dir=str(raw["output_dir"]), model=model, raw=resolved(raw, sections, model), **sections)
