@@ -27,6 +27,8 @@ class TextDVAEConfig(PreTrainedConfig):
         encoder_type (`str`, defaults to `"gru"`): `"gru"` (bidirectional) or `"transformer"` (pre-LN, masked mean pool).
         decoder_type (`str`, defaults to `"gru"`): `"gru"` or `"transformer"` (pre-LN, causal, codes as a prefix).
         encoder_layers (`int`, defaults to 1): layers of the encoder.
+        encoder_bidirectional (`bool`, defaults to `True`): GRU encoder reads both directions; `False` halves the
+            encoder's cost (it reads left to right and the final state summarises the sentence).
         decoder_layers (`int`, defaults to 1): layers of the decoder.
         num_heads (`int`, defaults to 4): attention heads (Transformer only); must divide `hidden_dim`.
         ffn_dim (`int`, defaults to 1024): inner width of the Transformer feed-forward blocks.
@@ -54,6 +56,7 @@ class TextDVAEConfig(PreTrainedConfig):
     encoder_type: str = "gru"
     decoder_type: str = "gru"
     encoder_layers: int = 1
+    encoder_bidirectional: bool = True
     decoder_layers: int = 1
     num_heads: int = 4
     ffn_dim: int = 1024

@@ -125,17 +125,21 @@ class GRUEncoder(nn.Module):
         super().__init__()
         dropout = config.dropout if config.encoder_layers > 1 else 0.0
         self.fwd = nn.GRU(config.embed_dim, config.hidden_dim, config.encoder_layers, batch_first=True, dropout=dropout)
-        self.bwd = nn.GRU(config.embed_dim, config.hidden_dim, config.encoder_layers, batch_first=True, dropout=dropout)
-        self.out_dim = 2 * config.hidden_dim
+        self.bwd = None
+        if config.encoder_bidirectional:
+            self.bwd = nn.GRU(config.embed_dim, config.hidden_dim, config.encoder_layers, batch_first=True, dropout=dropout)
+        self.out_dim = (2 if config.encoder_bidirectional else 1) * config.hidden_dim
 
     def forward(self, emb: Tensor, mask: Tensor) -> Tensor:
         B, T, E = emb.shape
         lengths = mask.sum(1)  # (B,)
+        last = (lengths - 1).view(B, 1, 1).expand(B, 1, self.fwd.hidden_size)  # (B, 1, H) index of the last token
+        h_fwd = self.fwd(emb)[0].gather(1, last).squeeze(1)  # (B, H) state after x_1..x_n
+        if self.bwd is None:
+            return h_fwd
         pos = torch.arange(T, device=emb.device).expand(B, T)
         rev = torch.where(pos < lengths[:, None], lengths[:, None] - 1 - pos, pos)  # (B, T) reverse real tokens only
         emb_rev = emb.gather(1, rev.unsqueeze(-1).expand(B, T, E))  # (B, T, E)
-        last = (lengths - 1).view(B, 1, 1).expand(B, 1, self.fwd.hidden_size)  # (B, 1, H) index of the last token
-        h_fwd = self.fwd(emb)[0].gather(1, last).squeeze(1)  # (B, H) state after x_1..x_n
         h_bwd = self.bwd(emb_rev)[0].gather(1, last).squeeze(1)  # (B, H) state after x_n..x_1
         return torch.cat([h_fwd, h_bwd], dim=-1)  # (B, 2H)
 

@@ -1,0 +1,157 @@
+"""Penn Treebank: discrete vs continuous vs no latent, and the four estimators, side by side.
+
+    python benchmarks/ptb.py --variants gru lm --max-steps 4500 --parallel 2
+    python benchmarks/ptb.py --variants gaussian est_gumbel_st est_gumbel est_reinmax est_reinforce --max-steps 1500 --parallel 2
+
+Each variant is a real `textdvae train` run of a recipe in recipes/ on the local copy of PTB
+(../shared/data/ptb, Mikolov's version: train 42,068 / valid 3,370 / test 3,761 sentences), followed by the
+evaluation training ends with on the full test split (single-sample ELBO, importance-sampled NLL with the recipe's
+`iw_samples` = 100, MI, active units, greedy-reconstruction BLEU). `--parallel 2` runs two trainings at once with
+one thread each (2 cores). Rows are merged into benchmarks/results/ptb.json (keyed by variant) and the Markdown
+table benchmarks/RESULTS.md is rewritten from it, with the published anchors beside our rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PTB = ROOT.parent / "shared" / "data" / "ptb"
+RESULTS = ROOT / "benchmarks" / "results" / "ptb.json"
+TABLE = ROOT / "benchmarks" / "RESULTS.md"
+OFFLINE = ["data.path=text", "data.text_column=text", f"data.data_files.train={PTB / 'train.txt'}",
+           f"data.data_files.validation={PTB / 'valid.txt'}", f"data.data_files.test={PTB / 'test.txt'}"]
+VARIANTS = {  # name -> (recipe, extra overrides)
+    "gru": ("ptb_gru", []),
+    "transformer": ("ptb_transformer", []),
+    "lm": ("ptb_gru_lm", []),
+    "gaussian": ("ptb_gru_gaussian", []),
+    "est_gumbel_st": ("ptb_gru", ["model.estimator=gumbel_st"]),
+    "est_gumbel": ("ptb_gru", ["model.estimator=gumbel"]),
+    "est_reinmax": ("ptb_gru", ["model.estimator=reinmax", "train.tau_start=1.0", "train.tau_min=1.0"]),
+    "est_reinforce": ("ptb_gru", ["model.estimator=reinforce"]),
+}
+ANCHORS = [  # asyml/texar examples/vae_text, PTB test, hidden 256, embeddings 256, Gaussian latent 32, 100 epochs
+    {"variant": "texar VAE, LSTM-LSTM (published)", "latent": "gaussian", "nll_elbo": 102.10, "ppl": 105.48},
+    {"variant": "texar VAE, LSTM enc + 3-block Transformer dec (published)", "latent": "gaussian", "nll_elbo": 101.48,
+     "ppl": 102.53},
+]
+
+
+def launch(variant: str, max_steps: int, threads: int, out_root: Path, extra_overrides: list[str]) -> tuple[subprocess.Popen, Path, float]:
+    recipe, extra = VARIANTS[variant]
+    out = out_root / variant
+    cmd = [sys.executable, "-m", "textdvae", "train", f"recipes/{recipe}.yaml", *OFFLINE, f"output_dir={out}",
+           f"train.max_steps={max_steps}", *extra, *extra_overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "stdout.txt").open("w")
+    print(" ".join(cmd[1:]), flush=True)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), out, time.time()
+
+
+def row(variant: str, out: Path, minutes: float, max_steps: int) -> dict:
+    m = json.loads((out / "metrics.json").read_text())
+    cfg = json.loads((out / "final" / "config.json").read_text())
+    from safetensors import safe_open
+    with safe_open(str(out / "final" / "model.safetensors"), "pt") as f:
+        params = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train_seconds = max(r.get("elapsed_s", 0) for r in log)
+    train_tokens = m["data"]["train"]["n_tokens"]
+    batch = yaml.safe_load((out / "config.yaml").read_text())["train"]["batch_size"]
+    epochs = max_steps * batch / m["data"]["train"]["n_sentences"]
+    recipe, extra = VARIANTS[variant]
+    return {"variant": variant, "recipe": f"recipes/{recipe}.yaml", "overrides": extra, "latent": cfg["latent"],
+            "estimator": cfg["estimator"] if cfg["latent"] == "categorical" else None,
+            "num_latents": cfg["num_latents"] if cfg["latent"] == "categorical" else (cfg["latent_dim"] if cfg["latent"] == "gaussian" else 0),
+            "num_categories": cfg["num_categories"] if cfg["latent"] == "categorical" else None,
+            "elbo": m["elbo"], "nll": m["nll"], "ppl": m["ppl"], "ppl_elbo": m["ppl_elbo"], "kl": m["kl"],
+            "mi": m["mi"], "active_latents": m["active_latents"], "au": m["au"], "rec_bleu": m["rec_bleu"],
+            "rec_token_acc": m["rec_token_acc"], "params": params, "train_minutes": round(train_seconds / 60, 1),
+            "total_minutes": round(minutes, 1),
+            "epochs": round(epochs, 2), "steps": m["step"], "iw_samples": m["iw_samples"],
+            "n_test_sentences": m["n_sentences"], "n_test_tokens": m["n_tokens"], "train_tokens": train_tokens}
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def write_table(rows: list[dict]) -> None:
+    lines = ["# Penn Treebank results", "",
+             "Test split (3,761 sentences, 82,430 tokens: words + end-of-sentence). NLL and ELBO in nats per sentence;",
+             "`-ELBO` is what most text-VAE papers report as \"NLL\"; `IW NLL` is importance-sampled (S = 100). Every",
+             "model: hidden 256, embeddings 256, 10k-word vocabulary. Trained on 2 CPU cores (one thread per run when",
+             "two run side by side). Commands:", "",
+             "    python benchmarks/ptb.py --variants gru lm --max-steps N --parallel 2",
+             "    python benchmarks/ptb.py --variants gaussian est_gumbel_st est_gumbel est_reinmax est_reinforce "
+             "--max-steps M --parallel 2", "",
+             "| variant | latent | estimator | N x K | -ELBO | IW NLL | PPL (IW) | KL | MI | active | BLEU | params | "
+             "minutes | epochs |", "|" + "---|" * 14]
+    for r in rows:
+        nk = f"{r['num_latents']} x {r['num_categories']}" if r["latent"] == "categorical" else (
+            f"{r['num_latents']} dims" if r["latent"] == "gaussian" else "-")
+        lines.append(f"| {r['variant']} | {r['latent']} | {r['estimator'] or '-'} | {nk} | {-r['elbo']:.2f} | "
+                     f"{r['nll']:.2f} | {r['ppl']:.2f} | {r['kl']:.2f} | {r['mi']:.2f} | {r['active_latents']}/"
+                     f"{r['num_latents']} | {r['rec_bleu']:.1f} | {r['params'] / 1e6:.2f}M | {r['train_minutes']} | "
+                     f"{r['epochs']} |")
+    for a in ANCHORS:
+        lines.append(f"| {a['variant']} | {a['latent']} | - | 32 dims | {a['nll_elbo']:.2f} | - | {a['ppl']:.2f} | - | - "
+                     f"| - | - | - | - | 100 |")
+    lines += ["", "Anchors: asyml/texar examples/vae_text, PTB test, LSTM hidden 256, embeddings 256, Gaussian latent 32, "
+              "100 epochs; their NLL is the negative single-sample ELBO and their PPL is derived from it."]
+    TABLE.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), required=True)
+    parser.add_argument("--max-steps", type=int, required=True, help="optimizer steps per run (equal across variants)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time; each gets 2 // parallel threads")
+    parser.add_argument("--out", default="runs/ptb", help="where the runs go")
+    parser.add_argument("--override", nargs="*", default=[], help="extra key=value overrides for every run")
+    args = parser.parse_args()
+    if not PTB.is_dir():
+        raise SystemExit(f"Penn Treebank not found at {PTB}")
+    threads = max(1, (os.cpu_count() or 2) // args.parallel)
+    pending, running = list(args.variants), []
+    rows = {r["variant"]: r for r in json.loads(RESULTS.read_text())} if RESULTS.is_file() else {}
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            v = pending.pop(0)
+            running.append((v, *launch(v, args.max_steps, threads, ROOT / args.out, args.override)))
+        time.sleep(10)
+        for item in list(running):
+            v, proc, out, t0 = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if proc.returncode != 0:
+                print(f"{v}: training failed (exit {proc.returncode}); see {out / 'stdout.txt'}", flush=True)
+                continue
+            rows[v] = row(v, out, (time.time() - t0) / 60, args.max_steps)
+            if args.override:  # a trial run with extra overrides is printed, never recorded
+                print(f"{v}: {rows.pop(v)}", flush=True)
+                continue
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            ordered = [rows[k] for k in VARIANTS if k in rows]
+            RESULTS.write_text(json.dumps(ordered, indent=2))
+            write_table(ordered)
+            print(f"{v}: -ELBO {-rows[v]['elbo']:.2f}  IW NLL {rows[v]['nll']:.2f}  KL {rows[v]['kl']:.2f}  "
+                  f"{rows[v]['train_minutes']} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
