@@ -181,9 +181,11 @@ def evaluate(model, seqs: list[list[int]], tokenizer, accelerator=None, batch_si
     metrics["rec_bleu"] = _bleu(tokenizer, hyps, refs, accelerator)
     metrics["iw_samples"] = iw_samples
     if cfg.latent == "categorical":
-        metrics.update(categorical_latent_stats(_gather(accelerator, torch.cat(posteriors))))
+        probs = _gather(accelerator, _cat(posteriors, cfg.num_latents, cfg.num_categories))
+        metrics.update(categorical_latent_stats(probs))
     elif cfg.latent == "gaussian":
-        metrics.update(gaussian_latent_stats(_gather(accelerator, torch.cat(mus)), _gather(accelerator, torch.cat(logvars)), gen))
+        metrics.update(gaussian_latent_stats(_gather(accelerator, _cat(mus, cfg.latent_dim)),
+                                             _gather(accelerator, _cat(logvars, cfg.latent_dim)), gen))
     else:
         metrics.update(mi=0.0, au=0)
     return metrics
@@ -211,9 +213,22 @@ def gaussian_latent_stats(mu: Tensor, logvar: Tensor, gen: torch.Generator) -> d
 
 
 def _gather(accelerator, t: Tensor) -> Tensor:
+    """Every process's rows, in rank order. The processes hold different numbers of rows (rows rank::world of each
+    batch), and a collective gather needs equal shapes: pad each to the largest count, gather, cut the padding off."""
     if accelerator is None or accelerator.num_processes == 1:
         return t
-    return accelerator.gather_for_metrics(t.to(accelerator.device)).cpu()
+    dev = accelerator.device
+    sizes = accelerator.gather(torch.tensor([t.size(0)], device=dev)).cpu().tolist()
+    width = max(sizes)
+    padded = t.new_zeros((width, *t.shape[1:]))
+    padded[: t.size(0)] = t
+    gathered = accelerator.gather(padded.to(dev)).cpu()
+    return torch.cat([gathered[i * width: i * width + n] for i, n in enumerate(sizes)])
+
+
+def _cat(parts: list[Tensor], *row_shape: int) -> Tensor:
+    """torch.cat that allows a process with no rows (a split smaller than the number of processes)."""
+    return torch.cat(parts) if parts else torch.zeros((0, *row_shape))
 
 
 def _strip_eos(ids: list[int], eos: int) -> list[int]:

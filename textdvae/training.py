@@ -2,6 +2,33 @@
 
 Runs on accelerate, so the same code trains on a CPU, one GPU, or many processes (`accelerate launch`, `torchrun`).
 Every process builds the same global batches; each takes its rows of them (rank::world), DDP averages gradients.
+Logging, checkpoints and the final model are written by the main process; validation and test metrics are summed
+over all processes' rows.
+
+Faults
+------
+* ``checkpoints/step-XXXXXXX/`` holds everything a run needs to go on: weights, optimizer, LR scheduler, every
+  process's RNG states (torch CPU, CUDA, python ``random``, numpy), the data position, the best validation ELBO,
+  the counters and how many lines of ``log.jsonl`` it had written. It is written into ``.step-XXXXXXX.tmp`` and
+  renamed, so a ``step-*`` folder is complete; ``.tmp`` leftovers of a killed run are never read and are removed at
+  the next start. The newest ``train.keep_checkpoints`` are kept, plus ``checkpoints/best`` (best validation ELBO,
+  the final model) and ``checkpoints/tokenizer`` (the run's vocabulary, reused on resume). A checkpoint is also
+  written at the last step, so a run that dies in the final evaluation resumes straight into it.
+* ``train.resume=true`` continues from the newest checkpoint that loads. A newer one that cannot be read (a file
+  missing, truncated or corrupt) is skipped with a warning naming it and the reason; if none loads, training stops
+  with a :class:`TrainingError` listing them. ``log.jsonl`` is cut back to what the checkpoint had seen, so the log
+  continues without duplicate steps. On CPU a resumed run is bitwise identical to an uninterrupted one (same number
+  of processes, ``OMP_NUM_THREADS`` and versions).
+* SIGINT (Ctrl-C) or SIGTERM (what schedulers and launchers send before killing): the current step finishes, a
+  checkpoint is written and :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is raised, whose message is the
+  command that resumes; the CLI prints it and exits with 130 (SIGINT) or 143 (SIGTERM). A second signal more than
+  2 s after the first aborts at once without saving (launchers forward the terminal's Ctrl-C, so the copies that
+  arrive together count as one).
+* A non-finite loss (or, without fp16 loss scaling, a non-finite gradient norm) skips its batch: no optimizer or
+  scheduler step, so the step counter, the LR and the beta/tau schedules do not move, while the data position does
+  (the batch is not retried). Skips are logged (``nonfinite_steps``); ``train.max_nonfinite_steps`` in a row stop
+  training with a :class:`TrainingError`, keeping the last checkpoint (the current weights are not saved: they are
+  what produced the non-finite values).
 """
 
 from __future__ import annotations
@@ -9,13 +36,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
+import shlex
 import shutil
 import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
@@ -28,9 +60,25 @@ from .recipe import Recipe
 from .schedules import kl_weight, temperature
 from .tokenization import build_tokenizer
 
+CHECKPOINT_FILES = ("model.safetensors", "state.pt", "trainer.json")
+SIGNAL_GRACE_S = 2.0  # signals this close to the first one are copies of it (a launcher forwarding Ctrl-C)
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to do."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved; the message says how to resume."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)  # the shell convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class CheckpointUnreadable(Exception):
+    """A checkpoint folder whose files are missing, truncated or corrupt."""
 
 
 @dataclass
@@ -82,9 +130,19 @@ class Trainer:
         self.recipe, self.cfg = recipe, recipe.train
         self.out = Path(recipe.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        self.accelerator = Accelerator(mixed_precision=self.cfg.mixed_precision)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
+        # Without a GPU accelerate would start `launched` independent single-process runs; cpu=True gives gloo DDP
+        self.accelerator = Accelerator(mixed_precision=self.cfg.mixed_precision,
+                                       cpu=launched > 1 and not _has_gpu())
+        if launched > 1 and self.accelerator.num_processes != launched:
+            raise TrainingError(f"started as {launched} processes, but accelerate set up "
+                                f"{self.accelerator.num_processes}; check the launcher's options (accelerate config)")
         self.is_main = self.accelerator.is_main_process
-        set_seed(self.cfg.seed)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        if self.cfg.batch_size < self.world:
+            raise TrainingError(f"train.batch_size={self.cfg.batch_size} is the global batch, split over "
+                                f"{self.world} processes; it must be at least {self.world}")
+        set_seed(self.cfg.seed)  # the same initial weights in every process
         # data and model
         tokenizer = None
         if self.cfg.resume and (self.ckpt_dir / "tokenizer").is_dir():  # the run's own vocabulary, never retrained
@@ -94,7 +152,10 @@ class Trainer:
         configure_model_for_tokenizer(recipe, self.data.tokenizer)
         self.model = TextDVAE(recipe.model)
         self.lengths = [len(s) for s in self.data.splits["train"]]
-        self.batches_per_epoch = math.ceil(len(self.lengths) / self.cfg.batch_size)
+        self.batches_per_epoch = len(self.epoch_batches(0))
+        if self.batches_per_epoch == 0:
+            raise TrainingError(f"the training split has {len(self.lengths)} sentences, fewer than the "
+                                f"{self.world} processes; give it more data or use fewer processes")
         self.total_steps = self.cfg.max_steps or math.ceil(self.cfg.epochs * self.batches_per_epoch)
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
@@ -105,101 +166,205 @@ class Trainer:
             optimizer, lr_lambda(self.cfg.lr_schedule, self.cfg.warmup_steps, self.total_steps))
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         self.scheduler = scheduler
-        self.step, self.best_elbo, self.nonfinite_total, self.nonfinite_run = 0, -math.inf, 0, 0
-        self.stop_requested = False
+        if self.rank:  # the training noise (Gumbel, dropout) must differ between processes, whose rows differ
+            set_seed(self.cfg.seed + self.rank)
+        # counters: optimizer steps, global batches consumed (the data position), skipped batches
+        self.step, self.batches_seen, self.best_elbo = 0, 0, -math.inf
+        self.nonfinite_total, self.nonfinite_run = 0, 0
+        self.log_lines, self.elapsed, self.running = 0, 0.0, {}
+        self.stop_requested, self.stop_signal, self._first_signal_at = False, None, None
+        self.replicas_in_sync: bool | None = None
+        self.resumed_from: Path | None = None
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The global batches of one epoch: a function of (seed, epoch) only. With several processes a batch needs
+        a row for each, so the (at most one per pool) smaller tail batches are dropped."""
+        batches = data_lib.make_batches(self.lengths, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
+                                        epoch=epoch)
+        return [b for b in batches if len(b) >= self.world]
 
     # ---- setup ----------------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.recipe.raw, sort_keys=False))
             self.ckpt_dir.mkdir(exist_ok=True)
-            if not (self.ckpt_dir / "tokenizer").is_dir():
-                self.data.tokenizer.save_pretrained(self.ckpt_dir / "tokenizer")
-        if self.cfg.resume:
-            latest = latest_checkpoint(self.ckpt_dir)
-            if latest is None:
-                self._print(f"train.resume=true but no checkpoint in {self.ckpt_dir}: starting from step 0")
-            else:
-                self.load_checkpoint(latest)
-                self._print(f"resumed from {latest} at step {self.step}")
-        elif latest_checkpoint(self.ckpt_dir) is not None:
+            clean_checkpoint_dir(self.ckpt_dir)
+        self.accelerator.wait_for_everyone()
+        if not self.cfg.resume and latest_checkpoint(self.ckpt_dir) is not None:
             raise TrainingError(f"{self.ckpt_dir} already holds checkpoints of an earlier run; continue it with "
                                 f"train.resume=true, or choose a new output_dir")
+        if self.is_main:
+            (self.out / "config.yaml").write_text(yaml.safe_dump(self.recipe.raw, sort_keys=False))
+            if not self.cfg.resume or not (self.ckpt_dir / "tokenizer").is_dir():
+                tmp = self.ckpt_dir / ".tokenizer.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                self.data.tokenizer.save_pretrained(tmp)
+                replace_dir(tmp, self.ckpt_dir / "tokenizer")
+            if not self.cfg.resume:  # a fresh start: nothing of an earlier run (killed before its first checkpoint)
+                shutil.rmtree(self.ckpt_dir / "best", ignore_errors=True)
+        if self.cfg.resume:
+            self._resume()
+        if self.is_main:
+            truncate_lines(self.out / "log.jsonl", self.log_lines)  # the log continues where the checkpoint was
         self.accelerator.wait_for_everyone()
+
+    def _resume(self) -> None:
+        """Load the newest checkpoint that can be read (chosen by the main process, loaded by every process)."""
+        from accelerate.utils import broadcast_object_list
+
+        choice: list[Any] = [None, []]
+        contents = None
+        if self.is_main:
+            skipped = []
+            for path in checkpoints_newest_first(self.ckpt_dir):
+                try:
+                    contents = read_checkpoint(path)
+                except CheckpointUnreadable as err:
+                    skipped.append(f"{path.name}: {err}")
+                    self._print(f"warning: skipping checkpoint {path} ({err}); trying the one before it", warn=True)
+                    continue
+                choice = [path.name, skipped]
+                break
+            else:
+                choice = [None, skipped]
+        if self.world > 1:
+            broadcast_object_list(choice)
+        name, skipped = choice
+        if name is None and skipped:
+            raise TrainingError(f"train.resume=true but no checkpoint in {self.ckpt_dir} can be read ("
+                                f"{'; '.join(skipped)}); delete the broken ones to start again from step 0, or "
+                                "choose a new output_dir")
+        if name is None:
+            self._print(f"train.resume=true but no checkpoint in {self.ckpt_dir}: starting from step 0")
+            return
+        try:
+            self.load_checkpoint(self.ckpt_dir / name, contents)
+        except CheckpointUnreadable as err:  # readable by the main process, not by this one
+            raise TrainingError(f"process {self.rank} cannot read checkpoint {self.ckpt_dir / name} ({err}); "
+                                "output_dir must be on a file system every process sees") from None
+        self._print(f"resumed from {self.ckpt_dir / name} at step {self.step}")
 
     # ---- train ----------------------------------------------------------------------------------------------------
 
     def train(self) -> dict:
         self.setup()
-        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, self._on_signal)
         try:
             self._loop()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        self._agree(True, self.stop_requested)  # a signal after the last step's agreement: all stop, or none
         if self.stop_requested:
             self.save_checkpoint()
-            self._print(f"interrupted at step {self.step}; checkpoint saved. Resume with: textdvae train "
-                        f"{self.out / 'config.yaml'} train.resume=true")
-            return {}
+            raise TrainingInterrupted(self.resume_message(), self.stop_signal or signal.SIGINT)
+        self.save_checkpoint()  # the last step: a run that dies in the final evaluation resumes into it
         return self.finish()
+
+    def resume_message(self) -> str:
+        command = f"textdvae train {shlex.quote(str(self.out / 'config.yaml'))} train.resume=true"
+        if self.world > 1:
+            command = f"the same launcher (accelerate launch / torchrun, {self.world} processes) running: {command}"
+        return (f"interrupted at step {self.step} of {self.total_steps}; checkpoint saved in "
+                f"{self.ckpt_dir / checkpoint_name(self.step)}. Resume with: {command}")
 
     def _loop(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        rank, world = acc.process_index, acc.num_processes
+        rank, world = self.rank, self.world
         log_file = (self.out / "log.jsonl").open("a") if self.is_main else None
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
+        if self.resumed_from is not None:
+            self._log(log_file, {"step": self.step, "event": "resumed", "from": str(self.resumed_from)})
+        # the bar shows on a terminal only (tqdm's disable=None), and in the main process only
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=True if not self.is_main else None, desc="train",
+                   dynamic_ncols=True)
         epoch_batches, epoch_index = None, -1
         pad_id = self.recipe.model.pad_token_id
-        running: dict[str, float] = {}
-        t0 = time.time()
-        while self.step < self.total_steps and not self.stop_requested:
-            epoch, position = divmod(self.step, self.batches_per_epoch)
-            if epoch != epoch_index:
-                epoch_batches = data_lib.make_batches(self.lengths, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch)
-                epoch_index = epoch
-            rows = epoch_batches[position][rank::world]
-            batch = data_lib.collate([self.data.splits["train"][i] for i in rows], pad_id)
-            beta, tau = self.schedules(self.step)
-            self.model.train()
-            with acc.autocast():
-                out = self.model(batch["input_ids"].to(acc.device), batch["attention_mask"].to(acc.device), tau=tau,
-                                 beta=beta, free_bits=cfg.free_bits, word_dropout=cfg.word_dropout)
-            loss = out.loss
-            if not torch.isfinite(loss.detach()).all():
-                self._nonfinite(log_file)
-                continue
-            self.nonfinite_run = 0
-            acc.backward(loss)
-            if cfg.grad_clip > 0:
-                acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            stats = {"loss": loss.item(), "rec": out.rec.mean().item(),
-                     "kl": out.kl.mean().item() if out.kl is not None else 0.0}
-            for k, v in stats.items():
-                running[k] = running.get(k, 0.0) + v
-            running["n"] = running.get("n", 0) + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.2f}", rec=f"{stats['rec']:.2f}", kl=f"{stats['kl']:.2f}",
-                            beta=f"{beta:.2f}", tau=f"{tau:.2f}")
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                n = running.pop("n")
-                record = {"step": self.step, **{k: v / n for k, v in running.items()}, "beta": beta, "tau": tau,
-                          "lr": self.scheduler.get_last_lr()[0], "nonfinite_steps": self.nonfinite_total,
-                          "elapsed_s": round(time.time() - t0, 2)}
-                running = {}
-                self._log(log_file, record)
-            if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
-                self._validate(log_file)
-            if self.step % cfg.save_every == 0 and self.step < self.total_steps:
-                self.save_checkpoint()
-        bar.close()
-        if log_file:
-            log_file.close()
+        t0 = time.time() - self.elapsed
+        stop = False
+        try:
+            while self.step < self.total_steps and not stop:
+                epoch, position = divmod(self.batches_seen, self.batches_per_epoch)
+                if epoch != epoch_index:
+                    epoch_batches, epoch_index = self.epoch_batches(epoch), epoch
+                rows = epoch_batches[position][rank::world]
+                batch = data_lib.collate([self.data.splits["train"][i] for i in rows], pad_id)
+                beta, tau = self.schedules(self.step)
+                self.model.train()
+                with acc.autocast():
+                    out = self.model(batch["input_ids"].to(acc.device), batch["attention_mask"].to(acc.device),
+                                     tau=tau, beta=beta, free_bits=cfg.free_bits, word_dropout=cfg.word_dropout)
+                loss = out.loss
+                finite, stop = self._agree(bool(torch.isfinite(loss.detach()).all()), self.stop_requested)
+                self.batches_seen += 1  # a skipped batch is not retried: the data position always moves on
+                if not finite:
+                    self._nonfinite(log_file, "loss")
+                    continue
+                acc.backward(loss)
+                norm = acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                if acc.scaler is None and norm is not None and not torch.isfinite(norm):  # fp16's scaler skips itself
+                    self._nonfinite(log_file, "gradient")
+                    continue
+                self.nonfinite_run = 0
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                stats = {"loss": loss.item(), "rec": out.rec.mean().item(),
+                         "kl": out.kl.mean().item() if out.kl is not None else 0.0}
+                for k, v in stats.items():
+                    self.running[k] = self.running.get(k, 0.0) + v
+                self.running["n"] = self.running.get("n", 0) + 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.2f}", rec=f"{stats['rec']:.2f}", kl=f"{stats['kl']:.2f}",
+                                beta=f"{beta:.2f}", tau=f"{tau:.2f}")
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    self._log(log_file, {"step": self.step, **self._running_means(), "beta": beta, "tau": tau,
+                                         "lr": self.scheduler.get_last_lr()[0], "nonfinite_steps": self.nonfinite_total,
+                                         "elapsed_s": round(time.time() - t0, 2)})
+                    self.running = {}
+                if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
+                    self._validate(log_file)
+                if self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                    self.elapsed = time.time() - t0
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if log_file:
+                log_file.close()
+        self.elapsed = time.time() - t0
+        if world > 1:
+            self.replicas_in_sync = self._replicas_in_sync()
+            if not self.replicas_in_sync:
+                self._print("warning: the processes ended with different weights; gradients were not synchronised",
+                            warn=True)
+
+    def _agree(self, finite: bool, stop: bool) -> tuple[bool, bool]:
+        """Every process takes the same decisions (skip this batch, stop after it): one tiny all-reduce per step."""
+        if self.world == 1:
+            return finite, stop
+        flags = torch.tensor([0.0 if finite else 1.0, 1.0 if stop else 0.0], device=self.accelerator.device)
+        flags = self.accelerator.reduce(flags, reduction="sum").cpu()
+        if flags[1] > 0:
+            self.stop_requested = True
+        return bool(flags[0] == 0), bool(flags[1] > 0)
+
+    def _running_means(self) -> dict[str, float]:
+        n = self.running.get("n", 0)
+        keys = [k for k in ("loss", "rec", "kl") if k in self.running]
+        values = torch.tensor([self.running[k] / max(n, 1) for k in keys], dtype=torch.float64)
+        if self.world > 1:  # the mean over processes of each process's mean
+            values = self.accelerator.reduce(values.to(self.accelerator.device), reduction="mean").cpu()
+        return dict(zip(keys, values.tolist()))
+
+    def _replicas_in_sync(self) -> bool:
+        """DDP keeps every process's weights equal; compare a checksum per parameter tensor across processes."""
+        sums = torch.stack([p.detach().double().sum() for p in self.unwrapped.parameters()])[None]
+        gathered = self.accelerator.gather(sums.to(self.accelerator.device)).cpu()
+        return bool((gathered == gathered[0]).all())
 
     def schedules(self, step: int) -> tuple[float, float]:
         cfg = self.cfg
@@ -208,6 +373,7 @@ class Trainer:
         return beta, temperature(step, cfg.tau_start, cfg.tau_min, cfg.tau_decay)
 
     def _validate(self, log_file) -> None:
+        """Validation uses its own seeded generator and eval mode: it never draws from the training RNG."""
         if "eval" not in self.data.splits:
             return
         metrics = elbo_pass(self.unwrapped, self.eval_batches("eval"), self.accelerator, seed=self.cfg.seed)
@@ -217,24 +383,31 @@ class Trainer:
             if self.is_main:
                 self._save_best()
 
-    def _nonfinite(self, log_file) -> None:
+    def _nonfinite(self, log_file, what: str) -> None:
+        """Skip the batch: no optimizer or scheduler step, so the step (and with it the LR, beta and tau) stays."""
         self.optimizer.zero_grad(set_to_none=True)
         self.nonfinite_total += 1
         self.nonfinite_run += 1
-        self._log(log_file, {"step": self.step, "nonfinite_loss": True, "nonfinite_steps": self.nonfinite_total})
+        self._log(log_file, {"step": self.step, f"nonfinite_{what}": True, "nonfinite_steps": self.nonfinite_total})
         if self.nonfinite_run >= self.cfg.max_nonfinite_steps:
+            latest = latest_checkpoint(self.ckpt_dir)
+            kept = (f"the last good checkpoint is {latest}" if latest is not None else
+                    f"no checkpoint was written yet (train.save_every={self.cfg.save_every})")
             raise TrainingError(
-                f"{self.nonfinite_run} non-finite losses in a row at step {self.step}; training stopped. The last good "
-                f"checkpoint is in {self.ckpt_dir}. Lower train.lr, set train.grad_clip, or check the data; then resume "
-                "with train.resume=true")
-        # skip the batch: the step counter does not move, so advance the data position by hand
-        self.step += 1
+                f"{self.nonfinite_run} non-finite {what} values in a row at step {self.step} "
+                f"(train.max_nonfinite_steps={self.cfg.max_nonfinite_steps}); training stopped and {kept}. Lower "
+                "train.lr, set train.grad_clip, or check the data; then continue with train.resume=true")
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self.stop_requested:  # a second Ctrl-C means now
-            raise KeyboardInterrupt
-        self.stop_requested = True
-        self._print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)")
+    def _on_signal(self, signum, frame) -> None:
+        now = time.monotonic()
+        if self.stop_requested:
+            if now - self._first_signal_at < SIGNAL_GRACE_S:  # the same Ctrl-C, forwarded by a launcher
+                return
+            raise KeyboardInterrupt  # a second Ctrl-C means now, without saving
+        self.stop_requested, self.stop_signal, self._first_signal_at = True, signum, now
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        self._print(f"\n{name}: finishing this step and saving a checkpoint (press Ctrl-C again to abort without "
+                    "saving)", warn=True)
 
     # ---- evaluate and save ----------------------------------------------------------------------------------------
 
@@ -244,10 +417,11 @@ class Trainer:
 
     def eval_batches(self, split: str):
         return iterate_batches(self.data.splits[split], self.cfg.eval_batch_size, self.recipe.model.pad_token_id,
-                               rank=self.accelerator.process_index, world=self.accelerator.num_processes)
+                               rank=self.rank, world=self.world)
 
     def finish(self) -> dict:
         acc = self.accelerator
+        acc.wait_for_everyone()  # the main process may still be writing checkpoints/best
         best = best_checkpoint(self.ckpt_dir)
         if best is not None:  # the final model is the best one by validation ELBO
             self.unwrapped.load_state_dict(load_weights(best / "model.safetensors"))
@@ -256,6 +430,8 @@ class Trainer:
                            batch_size=self.cfg.eval_batch_size, iw_samples=self.cfg.iw_samples, seed=self.cfg.seed)
         metrics.update(split=split, step=self.step, num_processes=acc.num_processes,
                        nonfinite_steps=self.nonfinite_total, data=self.data.stats)
+        if self.replicas_in_sync is not None:
+            metrics["replicas_in_sync"] = self.replicas_in_sync
         if self.is_main:
             final = self.out / "final"
             tmp = self.out / ".final.tmp"
@@ -280,24 +456,38 @@ class Trainer:
         return metrics
 
     def save_checkpoint(self) -> None:
-        """checkpoints/step-XXXXXXX/: weights (safetensors), optimizer, scheduler, RNG and counters. Written into a
-        temporary folder and renamed, so a checkpoint that exists is complete."""
-        self.accelerator.wait_for_everyone()
+        """checkpoints/step-XXXXXXX/: weights (safetensors), optimizer, scheduler, every process's RNG states and the
+        counters. Written into a temporary folder and renamed, so a checkpoint that exists is complete."""
+        rng = rng_state()
+        if self.world > 1:
+            from accelerate.utils import gather_object
+            rngs = gather_object([rng])  # every process's own streams, in rank order
+        else:
+            rngs = [rng]
         if not self.is_main:
             return
         from safetensors.torch import save_file
-        name = f"step-{self.step:07d}"
+        name = checkpoint_name(self.step)
+        if (self.ckpt_dir / name).is_dir() and self._saved_step == self.step:
+            return  # already saved at this step (Ctrl-C right after a periodic checkpoint)
         tmp = self.ckpt_dir / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(self.unwrapped.state_dict(), tmp / "model.safetensors")
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
-        (tmp / "trainer.json").write_text(json.dumps({"step": self.step, "best_elbo": self.best_elbo,
-                                                      "nonfinite_steps": self.nonfinite_total}))
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rngs},
+                   tmp / "state.pt")
+        trainer = {"step": self.step, "batches_seen": self.batches_seen, "best_elbo": self.best_elbo,
+                   "nonfinite_steps": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
+                   "log_lines": self.log_lines, "elapsed_s": self.elapsed, "running": self.running,
+                   "num_processes": self.world, "total_steps": self.total_steps}
+        (tmp / "trainer.json").write_text(json.dumps(trainer))
+        _fsync_dir_files(tmp)
         replace_dir(tmp, self.ckpt_dir / name)
+        self._saved_step = self.step
         for old in sorted(self.ckpt_dir.glob("step-*"))[:-self.cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
+
+    _saved_step: int | None = None
 
     def _save_best(self) -> None:
         from safetensors.torch import save_file
@@ -306,16 +496,43 @@ class Trainer:
         tmp.mkdir(parents=True)
         save_file(self.unwrapped.state_dict(), tmp / "model.safetensors")
         (tmp / "trainer.json").write_text(json.dumps({"step": self.step, "elbo": self.best_elbo}))
+        _fsync_dir_files(tmp)
         replace_dir(tmp, self.ckpt_dir / "best")
 
-    def load_checkpoint(self, path: Path) -> None:
-        self.unwrapped.load_state_dict(load_weights(path / "model.safetensors"))
-        state = torch.load(path / "state.pt", weights_only=True)  # our own file; weights_only never runs code
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_checkpoint(self, path: Path, contents: tuple | None = None) -> None:
+        """Restore everything save_checkpoint wrote (``contents``: what read_checkpoint already read from it). Raises
+        CheckpointUnreadable for broken files and TrainingError for a checkpoint that does not fit this recipe."""
+        weights, state, trainer = contents if contents is not None else read_checkpoint(path)
+        try:
+            self.unwrapped.load_state_dict(weights)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise TrainingError(f"checkpoint {path} does not fit the model of this recipe ({err}); resume with the "
+                                f"recipe the run started with ({self.out / 'config.yaml'})") from None
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        trainer = json.loads((path / "trainer.json").read_text())
-        self.step, self.best_elbo, self.nonfinite_total = trainer["step"], trainer["best_elbo"], trainer["nonfinite_steps"]
+        rngs = state["rng"]
+        if len(rngs) == self.world:
+            set_rng_state(rngs[self.rank])
+        else:  # another number of processes: the run goes on, but not bitwise as it would have
+            set_rng_state(rngs[0])
+            if self.rank:
+                torch.manual_seed(self.cfg.seed + self.rank + 1000 * trainer["step"])
+            self._print(f"note: {path} was written by {len(rngs)} processes, this run has {self.world}; training "
+                        "continues, but not bitwise as the original run would have", warn=True)
+        self.step, self.batches_seen = trainer["step"], trainer["batches_seen"]
+        self.best_elbo = trainer["best_elbo"]
+        self.nonfinite_total, self.nonfinite_run = trainer["nonfinite_steps"], trainer["nonfinite_run"]
+        self.log_lines, self.elapsed, self.running = trainer["log_lines"], trainer["elapsed_s"], trainer["running"]
+        self._saved_step = self.step
+        self.resumed_from = path
+        # checkpoints/best may come from steps after this checkpoint (the run died between the two): it is still a
+        # model this run trained and validated, so only a better validation ELBO replaces it
+        best = best_checkpoint(self.ckpt_dir)
+        if best is not None:
+            try:
+                self.best_elbo = max(self.best_elbo, json.loads((best / "trainer.json").read_text())["elbo"])
+            except (OSError, ValueError, KeyError):
+                pass
 
     # ---- output ---------------------------------------------------------------------------------------------------
 
@@ -323,20 +540,95 @@ class Trainer:
         if log_file is not None:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
+            self.log_lines += 1
 
-    def _print(self, text: str) -> None:
+    def _print(self, text: str, warn: bool = False) -> None:
         if self.is_main:
-            tqdm.write(text)
+            tqdm.write(text, file=sys.stderr if warn else None)
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------------------
+
+
+def _has_gpu() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def checkpoints_newest_first(ckpt_dir: Path) -> list[Path]:
+    """The checkpoint folders (step-XXXXXXX, complete by construction), newest first; temporary folders never."""
+    return sorted((p for p in Path(ckpt_dir).glob("step-*") if p.is_dir()), reverse=True)
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    found = sorted(p for p in Path(ckpt_dir).glob("step-*") if (p / "trainer.json").is_file())
-    return found[-1] if found else None
+    found = checkpoints_newest_first(ckpt_dir)
+    return found[0] if found else None
 
 
 def best_checkpoint(ckpt_dir: Path) -> Path | None:
     path = Path(ckpt_dir) / "best"
     return path if (path / "model.safetensors").is_file() else None
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """(weights, optimizer/scheduler/RNG state, counters) of a checkpoint; CheckpointUnreadable says what is wrong."""
+    path = Path(path)
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        raise CheckpointUnreadable(f"{', '.join(missing)} missing")
+    try:
+        weights = load_weights(path / "model.safetensors")
+    except Exception as err:  # safetensors' own error types for truncated or corrupt files
+        raise CheckpointUnreadable(f"model.safetensors is truncated or corrupt: {err}") from None
+    try:
+        state = torch.load(path / "state.pt", weights_only=True)  # our own file; weights_only never runs code
+        if not {"optimizer", "scheduler", "rng"} <= set(state):
+            raise ValueError(f"keys {sorted(state)}")
+    except Exception as err:
+        raise CheckpointUnreadable(f"state.pt is truncated or corrupt: {err}") from None
+    try:
+        trainer = json.loads((path / "trainer.json").read_text())
+        for key in ("step", "batches_seen", "best_elbo", "nonfinite_steps", "nonfinite_run", "log_lines", "elapsed_s",
+                    "running"):
+            trainer[key]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointUnreadable(f"trainer.json is truncated or corrupt: {err!r}") from None
+    return weights, state, trainer
+
+
+def clean_checkpoint_dir(ckpt_dir: Path) -> None:
+    """Remove what a killed run left half-done (.NAME.tmp), and finish an interrupted replace_dir (.NAME.old)."""
+    for tmp in Path(ckpt_dir).glob(".*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in Path(ckpt_dir).glob(".*.old"):
+        target = old.with_name(old.name[1:-len(".old")])
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # killed between the two renames of replace_dir: the old folder is the complete one
+            os.replace(old, target)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random streams: torch CPU, CUDA (when present), python `random` and numpy's global one."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+            "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -345,13 +637,38 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place: the old one is renamed away first, then the new one renamed in."""
+    """Move a finished folder into place: the old one is renamed away first, then the new one renamed in
+    (clean_checkpoint_dir repairs a kill between the two renames)."""
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir_files(folder: Path) -> None:
+    """Flush a folder's files to disk before it is renamed into place, so a power cut cannot leave the name
+    pointing at empty files."""
+    for path in folder.iterdir():
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def truncate_lines(path: Path, n: int) -> None:
+    """Keep the first n lines of a text file (atomically); a missing file stays missing."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if len(lines) <= n and all(line.endswith("\n") for line in lines):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line if line.endswith("\n") else line + "\n" for line in lines[:n]))
+    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -368,5 +685,6 @@ def format_metrics(metrics: dict) -> str:
 
 
 def train(recipe: Recipe) -> dict:
-    """Train a model from a validated recipe; returns the final metrics (also written to output_dir/metrics.json)."""
+    """Train a model from a validated recipe; returns the final metrics (also written to output_dir/metrics.json).
+    Raises TrainingInterrupted (a KeyboardInterrupt) after saving a checkpoint on SIGINT/SIGTERM."""
     return Trainer(recipe).train()
