@@ -121,17 +121,20 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, required=True, help="optimizer steps per run (equal across variants)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time; each gets 2 // parallel threads")
     parser.add_argument("--out", default="runs/ptb", help="where the runs go")
-    parser.add_argument("--override", nargs="*", default=[], help="extra key=value overrides for every run")
+    parser.add_argument("--override", nargs="*", default=[], help="extra key=value overrides (a trial: not recorded)")
+    parser.add_argument("--iw-samples", type=int, help="importance samples of the final NLL (default: the recipe's)")
+    parser.add_argument("--threads", type=int, help="threads per run (default: cores // parallel)")
     args = parser.parse_args()
     if not PTB.is_dir():
         raise SystemExit(f"Penn Treebank not found at {PTB}")
-    threads = max(1, (os.cpu_count() or 2) // args.parallel)
+    threads = args.threads or max(1, (os.cpu_count() or 2) // args.parallel)
+    recorded = [f"train.iw_samples={args.iw_samples}"] if args.iw_samples else []
     pending, running = list(args.variants), []
     rows = {r["variant"]: r for r in json.loads(RESULTS.read_text())} if RESULTS.is_file() else {}
     while pending or running:
         while pending and len(running) < args.parallel:
             v = pending.pop(0)
-            running.append((v, *launch(v, args.max_steps, threads, ROOT / args.out, args.override)))
+            running.append((v, *launch(v, args.max_steps, threads, ROOT / args.out, recorded + args.override)))
         time.sleep(10)
         for item in list(running):
             v, proc, out, t0 = item

@@ -74,3 +74,16 @@ def test_cli_user_errors_exit_nonzero_without_traceback(tmp_path):
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
     proc = textdvae("--debug", "train", "recipes/quickstart.yaml", "train.max_stepz=3", check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_readme_python_example_runs(run_dir):
+    """The README's first Python block, run as written against the tiny model."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    assert "runs/quickstart/final" in code
+    code = code.replace("runs/quickstart/final", str(run_dir / "final"))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README is ours
+    assert namespace["codes"].shape == (1, 4) and len(namespace["texts"]) == 3
