@@ -167,7 +167,7 @@ def run_model(name: str, steps: int, repeats: int, queue) -> None:
     from textdvae.explore import greedy_decode
     from textdvae.modeling import TextDVAE
     from textdvae.tokenization import build_tokenizer
-    from textdvae.training import configure_model_for_tokenizer
+    from textdvae.training import build_optimizer, configure_model_for_tokenizer
 
     torch.manual_seed(0)
     recipe = recipe_lib.load(ROOT / RECIPES[name])
@@ -177,7 +177,7 @@ def run_model(name: str, steps: int, repeats: int, queue) -> None:
     ids, _ = encode(tok, texts, recipe.data.max_length)
     cfg, tc = recipe.model, recipe.train
     model = TextDVAE(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr)
+    opt = build_optimizer(model, tc)  # the optimizer training uses
     batches = make_batches([len(s) for s in ids], tc.batch_size, shuffle=True, seed=0)
     batches = [collate([ids[i] for i in b], cfg.pad_token_id) for b in batches[: steps * (repeats + 1)]]
     # reference batches: 32 sentences of one length

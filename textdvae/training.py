@@ -109,6 +109,16 @@ def configure_model_for_tokenizer(recipe: Recipe, tokenizer) -> None:
     c.__post_init__()  # re-validate: adaptive-softmax cutoffs must lie inside the real vocabulary
 
 
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases, norms and code tables (ndim < 2). The fused kernel (one pass over each
+    tensor instead of a chain of element-wise ops) is measurably faster on CPU and GPU alike."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "bias" in name else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=True)
+
+
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
@@ -157,11 +167,7 @@ class Trainer:
             raise TrainingError(f"the training split has {len(self.lengths)} sentences, fewer than the "
                                 f"{self.world} processes; give it more data or use fewer processes")
         self.total_steps = self.cfg.max_steps or math.ceil(self.cfg.epochs * self.batches_per_epoch)
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 or "bias" in name else decay).append(p)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.cfg.lr)
+        optimizer = build_optimizer(self.model, self.cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(self.cfg.lr_schedule, self.cfg.warmup_steps, self.total_steps))
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
