@@ -46,7 +46,7 @@ ANCHORS = [  # asyml/texar examples/vae_text, PTB test, hidden 256, embeddings 2
 ]
 
 
-def launch(variant: str, max_steps: int, threads: int, out_root: Path, extra_overrides: list[str]) -> tuple[subprocess.Popen, Path, float]:
+def launch(variant: str, max_steps: int, threads: int, out_root: Path, extra_overrides: list[str]) -> tuple[subprocess.Popen, Path]:
     recipe, extra = VARIANTS[variant]
     out = out_root / variant
     cmd = [sys.executable, "-m", "textdvae", "train", f"recipes/{recipe}.yaml", *OFFLINE, f"output_dir={out}",
@@ -55,10 +55,11 @@ def launch(variant: str, max_steps: int, threads: int, out_root: Path, extra_ove
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "stdout.txt").open("w")
     print(" ".join(cmd[1:]), flush=True)
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), out, time.time()
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), out
 
 
-def row(variant: str, out: Path, minutes: float, max_steps: int) -> dict:
+def row(variant: str, out: Path) -> dict:
+    """Everything from the run's own files, so a table can be rebuilt from runs/ at any time (--collect)."""
     m = json.loads((out / "metrics.json").read_text())
     cfg = json.loads((out / "final" / "config.json").read_text())
     from safetensors import safe_open
@@ -67,8 +68,9 @@ def row(variant: str, out: Path, minutes: float, max_steps: int) -> dict:
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     train_seconds = max(r.get("elapsed_s", 0) for r in log)
     train_tokens = m["data"]["train"]["n_tokens"]
-    batch = yaml.safe_load((out / "config.yaml").read_text())["train"]["batch_size"]
-    epochs = max_steps * batch / m["data"]["train"]["n_sentences"]
+    train_cfg = yaml.safe_load((out / "config.yaml").read_text())["train"]
+    epochs = train_cfg["max_steps"] * train_cfg["batch_size"] / m["data"]["train"]["n_sentences"]
+    minutes = ((out / "metrics.json").stat().st_mtime - (out / "config.yaml").stat().st_mtime) / 60
     recipe, extra = VARIANTS[variant]
     return {"variant": variant, "recipe": f"recipes/{recipe}.yaml", "overrides": extra, "latent": cfg["latent"],
             "estimator": cfg["estimator"] if cfg["latent"] == "categorical" else None,
@@ -115,43 +117,55 @@ def write_table(rows: list[dict]) -> None:
     TABLE.write_text("\n".join(lines) + "\n")
 
 
+def record(new_rows: dict[str, dict]) -> None:
+    """Merge rows into results/ptb.json (re-read first: several runners may share it) and rewrite the table."""
+    rows = {r["variant"]: r for r in json.loads(RESULTS.read_text())} if RESULTS.is_file() else {}
+    rows.update(new_rows)
+    ordered = [rows[k] for k in VARIANTS if k in rows]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(ordered, indent=2))
+    write_table(ordered)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), required=True)
-    parser.add_argument("--max-steps", type=int, required=True, help="optimizer steps per run (equal across variants)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=[])
+    parser.add_argument("--max-steps", type=int, help="optimizer steps per run (equal across variants)")
+    parser.add_argument("--collect", action="store_true", help="rebuild the results from the finished runs in --out")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time; each gets 2 // parallel threads")
     parser.add_argument("--out", default="runs/ptb", help="where the runs go")
     parser.add_argument("--override", nargs="*", default=[], help="extra key=value overrides (a trial: not recorded)")
     parser.add_argument("--iw-samples", type=int, help="importance samples of the final NLL (default: the recipe's)")
     parser.add_argument("--threads", type=int, help="threads per run (default: cores // parallel)")
     args = parser.parse_args()
+    if args.collect:
+        record({v: row(v, ROOT / args.out / v) for v in VARIANTS if (ROOT / args.out / v / "metrics.json").is_file()})
+        return
     if not PTB.is_dir():
         raise SystemExit(f"Penn Treebank not found at {PTB}")
+    if not args.variants or not args.max_steps:
+        parser.error("--variants and --max-steps are needed to train (or --collect to rebuild the table)")
     threads = args.threads or max(1, (os.cpu_count() or 2) // args.parallel)
     recorded = [f"train.iw_samples={args.iw_samples}"] if args.iw_samples else []
     pending, running = list(args.variants), []
-    rows = {r["variant"]: r for r in json.loads(RESULTS.read_text())} if RESULTS.is_file() else {}
     while pending or running:
         while pending and len(running) < args.parallel:
             v = pending.pop(0)
             running.append((v, *launch(v, args.max_steps, threads, ROOT / args.out, recorded + args.override)))
         time.sleep(10)
         for item in list(running):
-            v, proc, out, t0 = item
+            v, proc, out = item
             if proc.poll() is None:
                 continue
             running.remove(item)
             if proc.returncode != 0:
                 print(f"{v}: training failed (exit {proc.returncode}); see {out / 'stdout.txt'}", flush=True)
                 continue
-            rows[v] = row(v, out, (time.time() - t0) / 60, args.max_steps)
+            rows = {v: row(v, out)}
             if args.override:  # a trial run with extra overrides is printed, never recorded
-                print(f"{v}: {rows.pop(v)}", flush=True)
+                print(f"{v}: {rows[v]}", flush=True)
                 continue
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            ordered = [rows[k] for k in VARIANTS if k in rows]
-            RESULTS.write_text(json.dumps(ordered, indent=2))
-            write_table(ordered)
+            record(rows)
             print(f"{v}: -ELBO {-rows[v]['elbo']:.2f}  IW NLL {rows[v]['nll']:.2f}  KL {rows[v]['kl']:.2f}  "
                   f"{rows[v]['train_minutes']} min", flush=True)
 

@@ -949,6 +949,19 @@ def _run_child(
         )
 
 
+def tree_digest(root: Path) -> dict[str, str]:
+    """{relative path: sha256:mtime:size} of every file under root: detects any rewrite, not only a change."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file():
+            st = p.stat()
+            out[rel] = f"{hashlib.sha256(p.read_bytes()).hexdigest()}:{st.st_mtime_ns}:{st.st_size}"
+        else:
+            out[rel + "/"] = "dir"
+    return out
+
+
 def run_with_hub(
     code: str,
     server: "HubServer | str",

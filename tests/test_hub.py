@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_server import HubServer, run_cli_with_hub, run_with_hub  # noqa: E402
+from hub_server import HubServer, run_cli_with_hub, run_with_hub, tree_digest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.hidden_dim=32", "model.embed_dim=16", "model.num_latents=4", "model.num_categories=4",
@@ -44,19 +44,6 @@ def _result(proc) -> dict:
         if line.startswith(MARK):
             return json.loads(line[len(MARK):])
     raise AssertionError(f"no result line in child output\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """{relative path: sha256:mtime:size} of every file under root: detects any rewrite, not only a change."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file():
-            st = p.stat()
-            out[rel] = f"{hashlib.sha256(p.read_bytes()).hexdigest()}:{st.st_mtime_ns}:{st.st_size}"
-        else:
-            out[rel + "/"] = "dir"
-    return out
 
 
 def tensor_digests(path: Path) -> dict[str, str]:

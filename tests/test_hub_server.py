@@ -19,7 +19,7 @@ import yaml
 from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_server import HubServer, git_blob_oid, run_with_hub  # noqa: E402
+from hub_server import HubServer, git_blob_oid, run_with_hub, tree_digest  # noqa: E402
 
 MARK = "@@RESULT@@"
 HUB_PY = Path(__file__).resolve().parent.parent / "textdvae" / "hub.py"
@@ -58,19 +58,6 @@ def emit(obj):
 def sha(b):
     return hashlib.sha256(b).hexdigest()
 """
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """{relative path: sha256} for every file under root, plus mtimes folded in (detect any rewrite)."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file():
-            st = p.stat()
-            out[rel] = f"{hashlib.sha256(p.read_bytes()).hexdigest()}:{st.st_mtime_ns}:{st.st_size}"
-        else:
-            out[rel + "/"] = "dir"
-    return out
 
 
 def write_model_folder(folder: Path) -> Path:
