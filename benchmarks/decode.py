@@ -5,13 +5,19 @@ what `model.decode` does) against re-running the decoder over the whole prefix a
 
 Random weights at the sizes of recipes/ptb_gru.yaml and ptb_transformer.yaml (vocabulary 10,000, embeddings and
 hidden 256, N=16 latents of K=16 categories; a 1-layer GRU decoder, a 2-block Transformer decoder with 4 heads and
-FFN 1024), with their exact adaptive softmax (cutoffs 1000, 5000) and with a full softmax. Random weights rarely emit EOS, so every row of the batch is decoded for exactly
---steps steps by both methods (checked: the incremental loop never stops early): equal work; and the two must give
-the same tokens (checked). The baseline is a fair one: at step t it runs `model.decoder_states` (the
-teacher-forcing pass: for the Transformer the code prefix and t tokens, for the GRU t tokens) but applies the
-output layer to the last position only; --all-logits adds the plain re-run that applies it to every position.
-Both use the same output computation (`explore.greedy_next`). The methods are timed alternately in the same
-process, --repeats times each after a warm-up; medians reported.
+FFN 1024), with their exact adaptive softmax (cutoffs 1000, 5000) and with a full softmax. Random weights rarely
+emit EOS, so every row of the batch is decoded for --steps steps by both methods (checked: the incremental loop
+never stops early): equal work; and the two must give the same tokens (checked).
+
+The baseline is a fair one: at step t it runs `model.decoder_states` (the teacher-forcing pass: for the
+Transformer the code prefix and t tokens, for the GRU t tokens) but applies the output layer to the last position
+only; --all-logits adds the plain re-run that applies it to every position. Both use the same output computation
+(`explore.greedy_next`). The methods are timed alternately in the same process, --repeats times each after a
+warm-up; medians reported.
+
+On a machine shared with other jobs, run it with OMP_NUM_THREADS=1: with more OpenMP threads than free cores,
+threads wait on descheduled siblings at every parallel region and each small step can take 10-25x longer, which
+buries both methods in noise (the load average is printed before and after).
 """
 
 from __future__ import annotations
@@ -129,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, out in outputs.items():
             if out != outputs["incremental"]:
                 diff = sum(a != b for a, b in zip(outputs["incremental"], out))
-                print(f"WARNING: {decoder_type}: {diff} of {args.batch} sequences differ between incremental and {name}")
+                print(f"WARNING: {decoder_type}: {diff} of {args.batch} sequences differ between incremental "
+                      f"and {name}")
         assert any(eos not in r and len(r) == args.steps for r in outputs["incremental"]), "every sequence ended early"
         times = {name: [] for name in methods}
         for _ in range(args.repeats):
@@ -152,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
               + (f", {row['speedup_all_logits']:.1f}x against all logits" if args.all_logits else ""), flush=True)
     print()
     extra = args.all_logits
-    print(f"{'decoder':<12} {'softmax':<9} {'incremental tok/s':>17} {'full-prefix tok/s':>17} {'incr. s':>8} {'full s':>8} "
-          f"{'speedup':>8}" + (f" {'all-logits tok/s':>16} {'speedup':>8}" if extra else "") + f" {'same tokens':>11}")
+    print(f"{'decoder':<12} {'softmax':<9} {'incremental tok/s':>17} {'full-prefix tok/s':>17} {'incr. s':>8} "
+          f"{'full s':>8} {'speedup':>8}" + (f" {'all-logits tok/s':>16} {'speedup':>8}" if extra else "")
+          + f" {'same tokens':>11}")
     for r in rows:
         print(f"{r['decoder']:<12} {r['softmax']:<9} {r['incremental_tok_s']:>17,.0f} {r['full_prefix_tok_s']:>17,.0f} "
               f"{r['incremental_s']:>8.3f} {r['full_prefix_s']:>8.3f} {r['speedup']:>7.1f}x"

@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     print(f"# {command}")
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}")
     t0 = time.perf_counter()
     model, tokenizer = load_model(args.model)
     model.tokenizer = tokenizer
@@ -151,13 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         f = r["factor"]
         second = sorted(table[f])[-2] if len(table[f]) > 1 else float("nan")
-        print(f"{('* ' if r['headline'] else '') + f:<10} {len(grammar.FACTORS[f]):>6} {r['latent']:>6} {r['nmi']:>6.3f} "
+        name = ("* " if r["headline"] else "") + f
+        print(f"{name:<10} {len(grammar.FACTORS[f]):>6} {r['latent']:>6} {r['nmi']:>6.3f} "
               f"{second:>7.3f} {r['changed']:>8.1%} {r['changed_only_this_factor']:>8.1%} "
               f"{r['traversals_changed']:>13.1%} {r['grammatical']:>11.1%}")
     h = next(r for r in rows if r["headline"])
     print()
-    print(f"headline: factor {h['factor']!r} / latent {h['latent']} (NMI {h['nmi']:.3f}): traversing the latent changed "
-          f"the factor in {h['traversals_changed']:.1%} of {h['n_sentences']} traversals; per step (one category "
+    print(f"headline: factor {h['factor']!r} / latent {h['latent']} (NMI {h['nmi']:.3f}): traversing the latent "
+          f"changed the factor in {h['traversals_changed']:.1%} of {h['n_sentences']} traversals; "
+          f"per step (one category "
           f"changed) in {h['changed']:.1%} of {h['n_changes']} ({h['changed_only_this_factor']:.1%} changed only this "
           f"factor); {h['grammatical']:.1%} of the decoded sentences are grammatical")
     ex = h["examples"][0]

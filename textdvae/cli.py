@@ -115,7 +115,11 @@ def _texts(args) -> list[str]:
         path = Path(args.file)
         if not path.is_file():
             raise FileNotFoundError(f"--file {args.file} not found")
-        texts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"--file {args.file} is not UTF-8 text ({err})") from None
+        texts += [line.strip() for line in content.splitlines() if line.strip()]
     if not args.texts and not args.file and not sys.stdin.isatty():
         texts = [line.strip() for line in sys.stdin if line.strip()]
     if not texts:
@@ -168,8 +172,8 @@ def _cell(value) -> str:
 
 
 def cmd_encode(args) -> int:
-    model = _explore_model(args)
     texts = _texts(args)
+    model = _explore_model(args)
     codes, probs = _explore(model.encode, texts)
     rows = [{"text": t, "codes": c.tolist(), "confidence": round(float(p.max(-1).values.mean()), 4)}
             for t, c, p in zip(texts, codes, probs)]
@@ -178,8 +182,8 @@ def cmd_encode(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
-    model = _explore_model(args)
     texts = _texts(args)
+    model = _explore_model(args)
     codes, _ = _explore(model.encode, texts)
     recs = _explore(model.decode, codes, strategy=args.strategy, num_beams=args.num_beams, max_length=args.max_length)
     rows = [{"text": t, "codes": c.tolist(), "reconstruction": r} for t, c, r in zip(texts, codes, recs)]

@@ -2,7 +2,8 @@
 
 Decoding is incremental: the GRU carries its state and the Transformer keeps a key/value cache, so each new token
 costs one decoder step, not a re-run over the whole prefix (benchmarks/decode.py measures the difference).
-Codes are given either as category indices (B, N) or as vectors on the simplex (B, N, K).
+Codes are given either as category indices (B, N) or as vectors on the simplex (B, N, K); a Gaussian model takes
+z (B, Dz), a model without a latent takes None.
 """
 
 from __future__ import annotations
@@ -13,37 +14,81 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+GRU_MAX_TOKENS = 512  # tokens kept of a text (EOS included) when no Transformer bounds the length
+ENCODE_ROWS = 512  # texts encoded together
+DECODE_ROWS = 1024  # sequences decoded together (beams and returned sequences counted)
+
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def max_tokens(model) -> int:
+    """The longest token sequence (EOS included) the encoder and the decoder can take."""
+    c = model.config
+    return c.max_position_embeddings if "transformer" in (c.encoder_type, c.decoder_type) else GRU_MAX_TOKENS
+
+
 def tokenize(model, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
-    """Texts -> right-padded ids ending with EOS, as in training. Empty texts are refused, long ones truncated."""
+    """Texts -> right-padded ids ending with EOS, as in training. Empty texts are refused, long ones truncated to
+    `max_length` tokens (EOS included; default: what the model's positions allow)."""
     from .data import collate
 
-    if isinstance(texts, str):
-        texts = [texts]
-    for i, t in enumerate(texts):
-        if not t or not t.strip():
-            raise ValueError(f"text {i} is empty; give at least one word")
-    limit = max_length or (model.config.max_position_embeddings if model.config.decoder_type == "transformer" else 512)
-    tok = model.tokenizer
-    ids = tok(list(texts), add_special_tokens=False)["input_ids"]
+    texts = _check_texts(texts)
+    limit = min(max_length or max_tokens(model), max_tokens(model))
+    ids = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     seqs = [s[: limit - 1] + [model.config.eos_token_id] for s in ids]
     batch = collate(seqs, model.config.pad_token_id)
     return {k: v.to(_device(model)) for k, v in batch.items()}
 
 
+def _check_texts(texts) -> list[str]:
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no texts given")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise ValueError(f"text {i} is empty ({t!r}); give at least one word")
+    return texts
+
+
 def as_one_hot(model, codes: Tensor | list) -> Tensor:
-    """(B, N) category indices or (B, N, K) simplex vectors -> (B, N, K) float."""
+    """(B, N) category indices, or (B, N, K) vectors on the simplex -> (B, N, K) float; a single code (N,) is a
+    batch of one."""
+    N, K = model.config.num_latents, model.config.num_categories
     codes = torch.as_tensor(codes, device=_device(model))
-    K = model.config.num_categories
+    if codes.dim() == 1:
+        codes = codes.unsqueeze(0)
     if codes.dim() == 2:
-        if codes.min() < 0 or codes.max() >= K:
-            raise ValueError(f"codes must be category indices in [0, {K}), got values {codes.min().item()}..{codes.max().item()}")
+        if codes.is_floating_point() and not torch.equal(codes, codes.round()):
+            raise ValueError("codes (B, N) must be category indices; give soft codes as (B, N, K)")
+        if codes.size(1) != N:
+            raise ValueError(f"codes have {codes.size(1)} latents, this model has N={N}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= K):
+            raise ValueError(f"codes must be category indices in [0, {K}), got values "
+                             f"{int(codes.min())}..{int(codes.max())}")
         return F.one_hot(codes.long(), K).float()
+    if codes.dim() != 3 or codes.shape[1:] != (N, K):
+        raise ValueError(f"codes must be (B, N={N}) indices or (B, N={N}, K={K}) vectors, "
+                         f"got shape {tuple(codes.shape)}")
     return codes.float()
+
+
+def conditioning(model, codes) -> Tensor | None:
+    """Whatever codes the model's latent takes -> the decoder's conditioning vectors (B, M, D), or None."""
+    latent = model.config.latent
+    if codes is None and latent != "none":
+        raise ValueError(f"a model with latent={latent!r} decodes from codes; none given")
+    if latent == "categorical":
+        return model.condition(as_one_hot(model, codes))
+    if latent == "gaussian":
+        z = torch.as_tensor(codes, device=_device(model), dtype=torch.float)
+        z = z.unsqueeze(0) if z.dim() == 1 else z
+        if z.dim() != 2 or z.size(1) != model.config.latent_dim:
+            raise ValueError(f"a Gaussian model decodes z of shape (B, {model.config.latent_dim}), "
+                             f"got {tuple(z.shape)}")
+        return model.condition(z)
+    return None
 
 
 @torch.no_grad()
@@ -51,65 +96,128 @@ def encode(model, texts: list[str]) -> tuple[Tensor, Tensor]:
     """-> most likely codes (B, N) and posterior probabilities q(z_i | x) (B, N, K)."""
     if model.config.latent != "categorical":
         raise ValueError(f"encode gives categorical codes; this model has latent={model.config.latent!r}")
-    batch = tokenize(model, texts)
-    logits, _ = model.posterior(batch["input_ids"], batch["attention_mask"])  # (B, N, K)
-    probs = logits.softmax(-1)
+    texts = _check_texts(texts)  # refuse empty texts before encoding any
+    parts = []
+    for start in range(0, len(texts), ENCODE_ROWS):
+        batch = tokenize(model, texts[start:start + ENCODE_ROWS])
+        logits, _ = model.posterior(batch["input_ids"], batch["attention_mask"])  # (b, N, K)
+        parts.append(logits.softmax(-1))
+    probs = torch.cat(parts)  # (B, N, K)
     return probs.argmax(-1), probs
 
 
 @torch.no_grad()
 def decode(model, codes, strategy: str = "greedy", num_beams: int = 4, top_k: int = 0, top_p: float = 1.0,
            temperature: float = 1.0, num_return_sequences: int = 1, max_length: int = 64,
-           generator: torch.Generator | None = None) -> list[str] | list[list[str]]:
-    """Codes -> texts. strategy: greedy | beam (num_beams) | sample (temperature, top_k, top_p).
-    With num_return_sequences > 1 each input gives a list of texts."""
-    cond = model.condition(as_one_hot(model, codes)) if model.config.latent == "categorical" else codes
-    B = cond.size(0) if cond is not None else 1
+           generator: torch.Generator | None = None, batch_size: int | None = None,
+           length_penalty: float = 0.0) -> list[str] | list[list[str]]:
+    """Codes -> texts. strategy: greedy | beam (num_beams, length_penalty) | sample (temperature, top_k, top_p).
+    With num_return_sequences > 1 each input gives a list of texts. A model without a latent takes codes=None and
+    `batch_size` sentences."""
+    ids = decode_ids(model, codes, strategy, num_beams, top_k, top_p, temperature, num_return_sequences, max_length,
+                     generator, batch_size, length_penalty)
+    eos = model.config.eos_token_id
+    texts = model.tokenizer.batch_decode([_strip(s, eos) for s in ids], skip_special_tokens=True)
     R = num_return_sequences
-    if strategy == "greedy" and R == 1:
-        ids = greedy_decode(model, cond, B, max_length)
-    elif strategy == "sample":
-        cond = cond.repeat_interleave(R, 0) if cond is not None else None
-        ids = sample_decode(model, cond, B * R, max_length, temperature, top_k, top_p, generator)
-    elif strategy == "beam":
-        if R > num_beams:
-            raise ValueError(f"num_return_sequences={R} must be <= num_beams={num_beams}")
-        ids = beam_decode(model, cond, B, max_length, num_beams, R)
-    else:
-        raise ValueError(f"strategy={strategy!r} is not one of greedy, beam, sample (greedy gives one sequence)")
-    texts = model.tokenizer.batch_decode([_strip(s, model.config.eos_token_id) for s in ids], skip_special_tokens=True)
-    return texts if R == 1 else [texts[i * R:(i + 1) * R] for i in range(B)]
+    return texts if R == 1 else [texts[i:i + R] for i in range(0, len(texts), R)]
+
+
+@torch.no_grad()
+def decode_ids(model, codes, strategy: str = "greedy", num_beams: int = 4, top_k: int = 0, top_p: float = 1.0,
+               temperature: float = 1.0, num_return_sequences: int = 1, max_length: int = 64,
+               generator: torch.Generator | None = None, batch_size: int | None = None,
+               length_penalty: float = 0.0) -> list[list[int]]:
+    """Like `decode`, but token ids up to and including EOS (no EOS when `max_length` cut the sentence short);
+    the R sequences of each input are consecutive."""
+    cond = conditioning(model, codes)
+    B = cond.size(0) if cond is not None else (batch_size or 1)
+    R = num_return_sequences
+    if R < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {R}")
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    if model.config.decoder_type == "transformer":  # positions 0 .. max_length - 1 must exist
+        max_length = min(max_length, model.config.max_position_embeddings)
+    if strategy == "greedy" and R != 1:
+        raise ValueError("greedy decoding gives one sequence per code; use strategy='beam' or 'sample' for more")
+    if strategy == "sample":
+        truncate_logits(torch.zeros(1, 2), temperature, top_k, top_p)  # refuse bad settings before decoding
+    if strategy == "beam" and not 1 <= R <= num_beams:
+        raise ValueError(f"num_return_sequences={R} must be between 1 and num_beams={num_beams}")
+    if strategy not in ("greedy", "sample", "beam"):
+        raise ValueError(f"strategy={strategy!r} is not one of greedy, beam, sample")
+    rows = max(1, DECODE_ROWS // (R * (num_beams if strategy == "beam" else 1)))  # inputs per chunk
+    out = []
+    for start in range(0, B, rows):  # chunks bound the memory of the (rows, V) output at every step
+        n = min(rows, B - start)
+        c = cond[start:start + n] if cond is not None else None
+        if strategy == "greedy":
+            out += greedy_decode(model, c, n, max_length)
+        elif strategy == "sample":
+            c = c.repeat_interleave(R, 0) if c is not None else None
+            out += sample_decode(model, c, n * R, max_length, temperature, top_k, top_p, generator)
+        else:
+            out += beam_decode(model, c, n, max_length, num_beams, R, length_penalty)
+    return out
 
 
 @torch.no_grad()
 def greedy_decode(model, cond: Tensor | None, batch_size: int, max_length: int) -> list[list[int]]:
     """Most likely next token at every step from conditioning vectors (B, M, D); ids up to and including EOS."""
-    return _step_decode(model, cond, batch_size, max_length, lambda logp: logp.argmax(-1))
+    return _step_decode(model, cond, batch_size, max_length, lambda h: greedy_next(model, h))
+
+
+def greedy_next(model, h: Tensor) -> Tensor:
+    """Hidden states (B, H) -> the most likely next tokens (B,), without normalizing: the argmax of a full softmax's
+    logits (the normalization costs a fifth of a greedy step at V = 10k and changes no argmax), or an adaptive
+    softmax's own `predict`, which skips the tail clusters where the head already decides."""
+    if getattr(model, "adaptive", None) is not None:
+        return model.adaptive.predict(h)
+    if hasattr(model, "_logits"):
+        return model._logits(h).argmax(-1)
+    return model.token_log_probs(h).argmax(-1)
+
+
+def truncate_logits(logp: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Next-token log-probabilities (B, V) -> logits of the sampling distribution: divided by the temperature, then
+    only the top_k most likely tokens kept (0: all), then only the smallest set of most likely tokens whose
+    probability (after top-k) reaches top_p (nucleus sampling, Holtzman et al. 2020; the most likely token is always
+    kept). Dropped tokens get -inf."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}; use strategy='greedy' for the argmax")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logits = logp / temperature  # (B, V)
+    if 0 < top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass of the more likely tokens
+        drop = before >= top_p
+        drop[:, 0] = False
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -math.inf))
+    return logits
 
 
 @torch.no_grad()
 def sample_decode(model, cond: Tensor | None, batch_size: int, max_length: int, temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[list[int]]:
-    """Ancestral sampling with temperature, top-k and nucleus (top-p, Holtzman et al. 2020) truncation."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; use strategy='greedy' for the argmax")
+    """Ancestral sampling with temperature, top-k and nucleus (top-p) truncation (see `truncate_logits`)."""
+    truncate_logits(torch.zeros(1, 2), temperature, top_k, top_p)  # refuse bad settings before decoding
 
-    def pick(logp: Tensor) -> Tensor:
-        logits = logp / temperature  # (B, V)
-        if top_k > 0:
-            kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, -math.inf)
-        if top_p < 1.0:
-            sorted_logits, order = logits.sort(-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
-            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -math.inf))
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    def pick(h: Tensor) -> Tensor:
+        probs = truncate_logits(model.token_log_probs(h), temperature, top_k, top_p).softmax(-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
     return _step_decode(model, cond, batch_size, max_length, pick)
 
 
 def _step_decode(model, cond, batch_size: int, max_length: int, pick) -> list[list[int]]:
+    """One decoder step per token, the state carried; pick(hidden states (B, H)) -> next ids (B,)."""
     c = model.config
     dev = _device(model)
     state = model.decoder.start(cond, batch_size)
@@ -117,7 +225,7 @@ def _step_decode(model, cond, batch_size: int, max_length: int, pick) -> list[li
     steps, done = [], torch.zeros(batch_size, dtype=torch.bool, device=dev)
     for _ in range(max_length):
         h, state = model.decoder(model.embed_tokens(tokens), state)  # (B, 1, H): one step, state carried
-        nxt = pick(model.token_log_probs(h[:, -1]))  # (B,)
+        nxt = pick(h[:, -1])  # (B,)
         steps.append(nxt)
         done |= nxt == c.eos_token_id
         if done.all():
@@ -127,50 +235,80 @@ def _step_decode(model, cond, batch_size: int, max_length: int, pick) -> list[li
     return [_cut(row, c.eos_token_id) for row in out]
 
 
+@torch.no_grad()
 def beam_decode(model, cond: Tensor | None, batch_size: int, max_length: int, num_beams: int,
-                num_return: int = 1) -> list[list[int]]:
-    """Beam search on summed log-probabilities; finished hypotheses are ranked by log-prob / length."""
+                num_return: int = 1, length_penalty: float = 0.0,
+                return_scores: bool = False) -> list[list[int]] | list[tuple[list[int], float]]:
+    """Beam search on summed log-probabilities; finished hypotheses are ranked by log-prob / length**length_penalty
+    (EOS counted), as in transformers. The default 0 looks for the most likely sentence; > 0 favours longer ones
+    (transformers' default is 1).
+
+    At each step the 2W best continuations are taken; those ending in EOS within the best W become finished
+    hypotheses and the best W others go on. A sentence is done when it has W finished hypotheses and no running beam
+    can beat the worst of them: exactly with length_penalty=0 (a running score only falls), and with transformers'
+    heuristic otherwise (the running beam's score as if it ended at the next step). With W = 1 and
+    length_penalty=0 this is greedy decoding. -> num_return sequences per input, best first, consecutive; with
+    return_scores, (sequence, summed log-probability) pairs."""
     c = model.config
     dev, W = _device(model), num_beams
+    if W < 1:
+        raise ValueError(f"num_beams must be >= 1, got {W}")
     cond = cond.repeat_interleave(W, 0) if cond is not None else None  # (B*W, M, D)
     state = model.decoder.start(cond, batch_size * W)
     tokens = torch.full((batch_size * W, 1), c.bos_token_id, dtype=torch.long, device=dev)
     scores = torch.full((batch_size, W), -math.inf, device=dev)
     scores[:, 0] = 0.0  # all beams start identical: keep one alive
     history = torch.empty(batch_size * W, 0, dtype=torch.long, device=dev)
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch_size)]
+    finished: list[list[tuple[float, list[int], float]]] = [[] for _ in range(batch_size)]  # (rank score, ids, log p)
+    done = [False] * batch_size
+    offsets = torch.arange(batch_size, device=dev).unsqueeze(1) * W  # (B, 1)
     for t in range(max_length):
         h, state = model.decoder(model.embed_tokens(tokens), state)
         logp = model.token_log_probs(h[:, -1])  # (B*W, V)
         V = logp.size(-1)
         total = (scores.view(-1, 1) + logp).view(batch_size, W * V)  # (B, W*V)
-        top, idx = total.topk(2 * W, dim=-1)  # spare candidates replace the ones that finish
+        top, idx = total.topk(min(2 * W, W * V), dim=-1)  # spare candidates replace the ones that finish
         beam, tok = idx // V, idx % V
         new_scores = torch.full((batch_size, W), -math.inf, device=dev)
         src = torch.zeros(batch_size, W, dtype=torch.long, device=dev)
         new_tok = torch.full((batch_size, W), c.eos_token_id, dtype=torch.long, device=dev)
+        length = t + 1  # tokens of a hypothesis that ends now, EOS included
         for b in range(batch_size):
+            if done[b]:
+                continue
             k = 0
-            for score, bm, tk in zip(top[b].tolist(), beam[b].tolist(), tok[b].tolist()):
-                if score == -math.inf:
+            for rank, (score, bm, tk) in enumerate(zip(top[b].tolist(), beam[b].tolist(), tok[b].tolist())):
+                if score == -math.inf or k == W:
                     break
                 if tk == c.eos_token_id:
-                    seq = history[b * W + bm].tolist() + [tk]
-                    finished[b].append((score / len(seq), seq))
-                elif k < W:
+                    if rank < W:  # an EOS outside the best W would not have been kept by a beam of W
+                        seq = history[b * W + bm].tolist() + [tk]
+                        finished[b].append((score / length ** length_penalty, seq, score))
+                else:
                     new_scores[b, k], src[b, k], new_tok[b, k] = score, bm, tk
                     k += 1
-        flat_src = (src + torch.arange(batch_size, device=dev).unsqueeze(1) * W).view(-1)  # (B*W,)
+            finished[b].sort(key=lambda item: -item[0])
+            del finished[b][W:]
+            best_running = new_scores[b, 0].item()
+            bound = best_running / (length + 1) ** length_penalty if length_penalty > 0 else best_running
+            if len(finished[b]) == W and finished[b][-1][0] >= bound:
+                done[b] = True
+        if all(done):
+            break
+        flat_src = (src + offsets).view(-1)  # (B*W,)
         history = torch.cat([history[flat_src], new_tok.view(-1, 1)], dim=1)
         state = _reorder(state, flat_src)
         scores, tokens = new_scores, new_tok.view(-1, 1)
-        if all(len(f) >= W for f in finished) or torch.isinf(scores).all():
-            break
     results = []
     for b in range(batch_size):
-        pool = finished[b] or [(scores[b, k].item() / max(1, history.size(1)), history[b * W + k].tolist()) for k in range(W)]
+        pool = list(finished[b])
+        if not done[b]:  # max_length reached: running beams compete as they are, without EOS
+            n = max(1, history.size(1))
+            pool += [(scores[b, k].item() / n ** length_penalty, history[b * W + k].tolist(), scores[b, k].item())
+                     for k in range(W) if scores[b, k] > -math.inf]
         pool.sort(key=lambda item: -item[0])
-        results.extend(seq for _, seq in pool[:num_return])
+        pool += [pool[0]] * (num_return - len(pool))  # fewer distinct hypotheses than asked: repeat the best
+        results.extend((seq, logp) if return_scores else seq for _, seq, logp in pool[:num_return])
     return results
 
 
@@ -183,6 +321,8 @@ def _reorder(state: dict, index: Tensor) -> dict:
             out[key] = value.index_select(1 if key == "h" else 0, index)
         elif isinstance(value, list):
             out[key] = [_reorder(v, index) for v in value]
+        elif isinstance(value, dict):
+            out[key] = _reorder(value, index)
         else:
             out[key] = value
     return out
@@ -196,15 +336,35 @@ def reconstruct(model, texts: list[str], **decode_kwargs) -> list[str]:
 
 
 @torch.no_grad()
-def sample(model, n: int, generator: torch.Generator | None = None, **decode_kwargs) -> tuple[list[str], Tensor]:
-    """Codes from the uniform prior p(z) -> (texts, codes (n, N))."""
-    N, K = model.config.num_latents, model.config.num_categories
-    codes = torch.randint(0, K, (n, N), generator=generator, device="cpu").to(_device(model))
-    return decode(model, codes, generator=generator, **decode_kwargs), codes
+def sample(model, n: int, generator: torch.Generator | None = None, **decode_kwargs) -> tuple[list[str], Tensor | None]:
+    """n codes from the prior p(z) (uniform categorical; N(0, I) for a Gaussian model) -> (texts, codes (n, N) or
+    z (n, Dz); None without a latent)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    c = model.config
+    if c.latent == "categorical":
+        codes = torch.randint(0, c.num_categories, (n, c.num_latents), generator=generator, device="cpu")
+    elif c.latent == "gaussian":
+        codes = torch.randn(n, c.latent_dim, generator=generator, device="cpu")
+    else:
+        codes = None
+    if codes is not None:
+        codes = codes.to(_device(model))
+    return decode(model, codes, generator=generator, batch_size=n, **decode_kwargs), codes
 
 
 @torch.no_grad()
-def sentence_log_likelihood(model, texts: list[str], codes: Tensor) -> Tensor:
+def ids_log_likelihood(model, ids: list[list[int]], codes) -> Tensor:
+    """log p(x | z) under the decoder of token-id sequences (as `decode_ids` gives them), (B,) nats."""
+    from .data import collate
+
+    batch = collate([s or [model.config.eos_token_id] for s in ids], model.config.pad_token_id)
+    input_ids, mask = batch["input_ids"].to(_device(model)), batch["attention_mask"].to(_device(model))
+    return -model.reconstruction(input_ids, mask, as_one_hot(model, codes))
+
+
+@torch.no_grad()
+def sentence_log_likelihood(model, texts: list[str], codes) -> Tensor:
     """log p(x | z) under the decoder, (B,) nats."""
     batch = tokenize(model, texts)
     return -model.reconstruction(batch["input_ids"], batch["attention_mask"], as_one_hot(model, codes))
@@ -212,14 +372,20 @@ def sentence_log_likelihood(model, texts: list[str], codes: Tensor) -> Tensor:
 
 @torch.no_grad()
 def interpolate(model, a: str, b: str, method: str = "hamming", steps: int = 5, max_length: int = 64) -> list[dict]:
-    """A path of sentences from A's reconstruction to B's.
+    """A path of sentences from A's reconstruction to B's (greedy decoding).
 
     hamming: A's and B's codes differ in d latents; change them one at a time, each time picking the latent whose
-        change gives the decoded sentence the highest log p(x | z) (a greedy path): d + 1 points.
-    simplex: decode from soft codes (1 - t) q_A + t q_B, the posteriors mixed per latent, at `steps` values of t.
-    Each point: {"step", "text", "codes", "repeated"} where repeated marks a text equal to the previous point's.
+        change gives the decoded sentence the highest log p(x | z) (a greedy path): d + 1 points, the first A's
+        reconstruction and the last B's.
+    simplex: decode from soft codes (1 - t) q_A + t q_B, the posteriors mixed per latent, at `steps` values of t;
+        "codes" is the most likely category of each latent of the mixture, "t" the mixing weight.
+    Each point: {"step", "text", "codes", "repeated"}, where repeated marks a text equal to the previous point's
+    (kept, not dropped).
     """
+    if method not in ("hamming", "simplex"):
+        raise ValueError(f"method={method!r} is not one of hamming, simplex")
     codes, probs = encode(model, [a, b])  # (2, N), (2, N, K)
+    extra = None
     if method == "hamming":
         current, target = codes[0].clone(), codes[1]
         path = [current.clone()]
@@ -231,33 +397,40 @@ def interpolate(model, a: str, b: str, method: str = "hamming", steps: int = 5, 
                 trial[i] = target[i]
                 candidates.append(trial)
             cand = torch.stack(candidates)  # (C, N)
-            texts = decode(model, cand, max_length=max_length)
-            score = sentence_log_likelihood(model, texts, cand)  # (C,)
-            best = int(score.argmax())
+            if len(candidates) == 1:
+                best = 0
+            else:
+                ids = decode_ids(model, cand, max_length=max_length)
+                best = int(ids_log_likelihood(model, ids, cand).argmax())
             current = candidates[best]
             remaining.pop(best)
             path.append(current.clone())
         points = torch.stack(path)  # (d + 1, N)
         texts = decode(model, points, max_length=max_length)
-    elif method == "simplex":
+    else:
         if steps < 2:
             raise ValueError(f"steps must be >= 2 for a simplex path, got {steps}")
         t = torch.linspace(0, 1, steps, device=probs.device).view(-1, 1, 1)  # (S, 1, 1)
         soft = (1 - t) * probs[0] + t * probs[1]  # (S, N, K)
         texts = decode(model, soft, max_length=max_length)
         points = soft.argmax(-1)
-    else:
-        raise ValueError(f"method={method!r} is not one of hamming, simplex")
-    return [{"step": i, "text": text, "codes": points[i].tolist(), "repeated": i > 0 and text == texts[i - 1]}
-            for i, text in enumerate(texts)]
+        extra = [round(float(x), 6) for x in t.flatten()]
+    out = []
+    for i, text in enumerate(texts):
+        point = {"step": i, "text": text, "codes": points[i].tolist(), "repeated": i > 0 and text == texts[i - 1]}
+        if extra is not None:
+            point["t"] = extra[i]
+        out.append(point)
+    return out
 
 
 @torch.no_grad()
 def traverse(model, text: str, latent: int, max_length: int = 64) -> list[dict]:
-    """Decode the text's code with latent `latent` set to each of its K categories: [{"category", "text", "codes"}]."""
+    """Decode the text's code with latent `latent` set to each of its K categories:
+    [{"category", "text", "codes", "original"}], original marking the text's own category."""
     N, K = model.config.num_latents, model.config.num_categories
-    if not 0 <= latent < N:
-        raise ValueError(f"latent={latent} is out of range: this model has latents 0..{N - 1}")
+    if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < N:
+        raise ValueError(f"latent={latent!r} is out of range: this model has latents 0..{N - 1}")
     codes, _ = encode(model, [text])
     grid = codes.repeat(K, 1)  # (K, N)
     grid[:, latent] = torch.arange(K, device=grid.device)

@@ -67,19 +67,40 @@ def code_usage_heatmap(usage: list[list[float]], png_path: Path, title: str = "c
 
 
 def traversal_table(text: str, latent: int, rows: list[dict], png_path: str | Path) -> None:
-    """The sentence decoded with one latent set to each category, drawn as a table (the original code starred)."""
+    """The sentence decoded with one latent set to each category, drawn as a table: the text's own category starred
+    and shaded, the sentences that differ from its reconstruction in dark text, the others greyed."""
     plt = _pyplot("traversal")
     if plt is None:
         return
-    cells = [[("* " if r["original"] else "") + str(r["category"]), r["text"]] for r in rows]
-    width = max(len(text), *(len(r["text"]) for r in rows))
-    fig, ax = plt.subplots(figsize=(min(20, 2 + 0.11 * width), 0.9 + 0.32 * len(rows)))
+    own = next((r["text"] for r in rows if r["original"]), None)
+    cells = [[("* " if r["original"] else "") + str(r["category"]), _shorten(r["text"]) or "(empty)"] for r in rows]
+    width = max(len(_shorten(text)) + 25, *(len(c[1]) for c in cells))  # characters of the widest line
+    fig_w = 1.6 + 0.095 * width
+    fig, ax = plt.subplots(figsize=(fig_w, 0.75 + 0.3 * (len(rows) + 1)))
     ax.axis("off")
-    table = ax.table(cellText=cells, colLabels=["category", "decoded sentence"], loc="center", cellLoc="left",
-                     colWidths=[0.12, 0.88])
+    label_w = 1.0 / fig_w  # one inch for the category column
+    table = ax.table(cellText=cells, colLabels=["category", "decoded sentence"], loc="upper center",
+                     cellLoc="left", colLoc="left", colWidths=[label_w, 1 - label_w], bbox=[0, 0, 1, 1])
     table.auto_set_font_size(False)
     table.set_fontsize(10)
-    ax.set_title(f"latent {latent} traversed from: {text}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
+    for (row, col), cell in table.get_celld().items():
+        cell.PAD = 0.04 if col == 0 else 0.01
+        cell.set_edgecolor("#bbbbbb")
+        if row == 0:
+            cell.set_text_props(weight="bold")
+            cell.set_facecolor("#e8e8e8")
+            continue
+        r = rows[row - 1]
+        if r["original"]:
+            cell.set_facecolor("#fff2b3")
+            cell.set_text_props(weight="bold")
+        elif own is not None and r["text"] == own:
+            cell.get_text().set_color("#888888")  # decodes to the same sentence as the text's own category
+    ax.set_title(f"latent {latent} set to each category, from: \"{_shorten(text)}\"\n"
+                 "* the text's own category (shaded); grey: the same sentence as with it", fontsize=10, loc="left")
+    fig.savefig(png_path, dpi=120, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
+
+
+def _shorten(text: str, limit: int = 180) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"

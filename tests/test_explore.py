@@ -1,0 +1,387 @@
+"""Decoding and exploring the code space: incremental decoding against a full re-run, beam search, top-k/top-p,
+codes in every form, and interpolation / traversal / the CLI on a small model trained on the bundled corpus."""
+
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from textdvae import TextDVAE, TextDVAEConfig, explore
+from textdvae.recipe import TokenizerConfig
+from textdvae.tokenization import build_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the cat dog bird fox chased helped watched will not a big small old quickly slowly .".split()
+
+
+def tiny(decoder_type="gru", encoder_type="gru", eos_bias=0.0, seed=0, **kw) -> TextDVAE:
+    """A random tiny model with a word tokenizer; eos_bias > 0 makes sentences end at varied lengths."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(TokenizerConfig(kind="word"), [" ".join(WORDS)])
+    base = dict(vocab_size=len(tokenizer), embed_dim=16, hidden_dim=32, num_heads=2, ffn_dim=64, num_latents=3,
+                num_categories=4, decoder_type=decoder_type, encoder_type=encoder_type)
+    model = TextDVAE(TextDVAEConfig(**{**base, **kw})).eval()
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] += eos_bias
+    model.tokenizer = tokenizer
+    return model
+
+
+def naive_greedy(model, codes, max_length):
+    """Greedy decoding without state or cache: re-run the teacher-forcing decoder over the whole prefix each step."""
+    cond = model.condition(explore.as_one_hot(model, codes))
+    B = cond.size(0)
+    ids = torch.empty(B, 0, dtype=torch.long)
+    for _ in range(max_length):
+        x = torch.cat([ids, torch.zeros(B, 1, dtype=torch.long)], 1)  # the last input is a placeholder
+        h = model.decoder_states(x, cond)
+        ids = torch.cat([ids, model.token_log_probs(h[:, -1]).argmax(-1, keepdim=True)], 1)
+    return [explore._cut(row, model.config.eos_token_id) for row in ids.tolist()]
+
+
+def all_codes(model):
+    N, K = model.config.num_latents, model.config.num_categories
+    idx = torch.arange(K ** N)
+    return torch.stack([(idx // K ** (N - 1 - i)) % K for i in range(N)], 1)  # (K^N, N) every code
+
+
+# ---- incremental decoding ---------------------------------------------------------------------------------------
+
+
+EOS_BIASES = [0.0, 0.25, 0.5, 0.75, 1.0]  # random models end sentences at varied lengths across these
+
+
+@pytest.mark.parametrize("decoder_type", ["gru", "transformer"])
+@torch.no_grad()
+def test_incremental_greedy_equals_full_rerun(decoder_type):
+    lengths = set()
+    for eos_bias in EOS_BIASES:
+        model = tiny(decoder_type, eos_bias=eos_bias)
+        codes = all_codes(model)  # 64 codes
+        fast = explore.greedy_decode(model, model.condition(explore.as_one_hot(model, codes)), len(codes), 20)
+        assert fast == naive_greedy(model, codes, 20), eos_bias
+        lengths |= {len(s) for s in fast}
+    assert len(lengths) >= 3  # sentences of several lengths were compared, some cut at max_length
+
+
+@pytest.mark.parametrize("decoder_type", ["gru", "transformer"])
+@torch.no_grad()
+def test_beam_keeps_state_aligned_and_one_beam_is_greedy(decoder_type):
+    lengths = set()
+    for eos_bias in EOS_BIASES:
+        model = tiny(decoder_type, eos_bias=eos_bias)
+        codes = all_codes(model)[::4]  # 16 codes
+        cond = model.condition(explore.as_one_hot(model, codes))
+        greedy = explore.greedy_decode(model, cond, len(codes), 15)
+        assert explore.beam_decode(model, cond, len(codes), 15, num_beams=1) == greedy
+        assert model.decode(codes, strategy="beam", num_beams=1, max_length=15) == model.decode(codes, max_length=15)
+        # each hypothesis's score must be its log-likelihood under a fresh teacher-forced pass: a state (GRU hidden
+        # state, Transformer cache) reordered wrongly between steps would break this
+        beams = explore.beam_decode(model, cond, len(codes), 15, num_beams=3, num_return=3, return_scores=True)
+        ids, scores = [s for s, _ in beams], torch.tensor([lp for _, lp in beams])
+        lengths |= {len(s) for s in ids}
+        assert torch.allclose(scores, explore.ids_log_likelihood(model, ids, codes.repeat_interleave(3, 0)), atol=1e-4)
+        best = scores.view(-1, 3)
+        assert (best[:, :-1] >= best[:, 1:] - 1e-6).all()  # best first
+        assert model.decode(codes, strategy="beam", num_beams=3, num_return_sequences=2, max_length=15)[0][0] == \
+            model.tokenizer.decode(ids[0], skip_special_tokens=True)
+    assert len(lengths) >= 3
+
+
+class Markov(nn.Module):
+    """A stand-in decoder: p(next token | last token) from a table, enough to construct beam-search cases."""
+
+    def __init__(self, rows: dict[int, dict[int, float]], V: int = 6):
+        super().__init__()
+        table = torch.full((V, V), 1e-9)
+        for a, row in rows.items():
+            for b, p in row.items():
+                table[a, b] = p
+        self.register_buffer("logp", (table / table.sum(1, keepdim=True)).log())
+        self.weight = nn.Parameter(torch.zeros(1))  # gives the module a device
+        self.config = SimpleNamespace(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        outer = self
+
+        class Decoder(nn.Module):
+            def start(self, cond, batch_size):
+                return {"rows": torch.arange(batch_size)}
+
+            def forward(self, emb, state):
+                return emb, state  # the "hidden state" is the last token itself
+
+        self.decoder = Decoder()
+        self.token_log_probs = lambda h: outer.logp[h]
+
+    def embed_tokens(self, tokens):
+        return tokens
+
+
+def test_beam_search_finds_the_more_likely_sentence_greedy_misses():
+    BOS, EOS, A, B, C = 1, 2, 3, 4, 5
+    model = Markov({BOS: {A: 0.6, B: 0.4}, A: {C: 0.36, B: 0.34, EOS: 0.30}, B: {EOS: 1.0}, C: {EOS: 1.0}})
+    greedy = explore.greedy_decode(model, None, 1, 10)
+    assert greedy == [[A, C, EOS]]  # p = 0.6 * 0.36 = 0.216
+    beams = explore.beam_decode(model, None, 1, 10, num_beams=2, num_return=2, return_scores=True)
+    assert [s for s, _ in beams] == [[B, EOS], [A, C, EOS]]  # p = 0.4 beats 0.216
+    assert beams[0][1] == pytest.approx(math.log(0.4), abs=1e-5)
+    assert explore.beam_decode(model, None, 1, 10, num_beams=1) == greedy
+    # a length penalty prefers the longer sentence when its per-token log-probability is higher
+    model = Markov({BOS: {A: 0.5, EOS: 0.5}, A: {C: 0.9, EOS: 0.1}, C: {EOS: 0.95, A: 0.05}})
+    assert explore.beam_decode(model, None, 1, 10, num_beams=2)[0] == [EOS]  # log 0.5 > log(0.5 * 0.9 * 0.95)
+    assert explore.beam_decode(model, None, 1, 10, num_beams=2, length_penalty=1.0)[0] == [A, C, EOS]
+
+
+# ---- sampling ---------------------------------------------------------------------------------------------------
+
+
+def test_top_k_and_top_p_truncate_to_the_hand_computed_distribution():
+    p = torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]])
+    logp = p.log()
+
+    def dist(**kw):
+        return explore.truncate_logits(logp, **kw).softmax(-1)[0]
+
+    assert torch.allclose(dist(), p[0])
+    assert torch.allclose(dist(top_k=2), torch.tensor([5 / 7, 2 / 7, 0, 0, 0]))
+    assert torch.allclose(dist(top_p=0.75), torch.tensor([0.5, 0.2, 0.15, 0, 0]) / 0.85)  # 0.5+0.2 < 0.75
+    assert torch.allclose(dist(top_p=0.6), torch.tensor([5 / 7, 2 / 7, 0, 0, 0]))
+    assert torch.allclose(dist(top_p=0.3), torch.tensor([1.0, 0, 0, 0, 0]))  # the most likely token always stays
+    # top-p measures mass after top-k: [.5, .2, .15] renormalised is [.588, .235, .176]; .588 + .235 >= .8
+    assert torch.allclose(dist(top_k=3, top_p=0.8), torch.tensor([5 / 7, 2 / 7, 0, 0, 0]))
+    assert torch.allclose(dist(temperature=2.0), p[0].sqrt() / p[0].sqrt().sum())
+    for bad in ({"temperature": 0}, {"top_p": 0}, {"top_p": 1.5}, {"top_k": -1}):
+        with pytest.raises(ValueError):
+            explore.truncate_logits(logp, **bad)
+
+
+def test_sampling_follows_the_truncated_distribution():
+    BOS, EOS = 1, 2
+    model = Markov({BOS: {3: 0.5, 4: 0.2, 5: 0.15, EOS: 0.1, 6: 0.05}, 3: {EOS: 1}, 4: {EOS: 1}, 5: {EOS: 1}}, V=7)
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    first = torch.tensor([s[0] for s in explore.sample_decode(model, None, n, 3, top_p=0.75, generator=g)])
+    freq = torch.stack([(first == t).float().mean() for t in (3, 4, 5, EOS)])
+    assert torch.allclose(freq, torch.tensor([0.5, 0.2, 0.15, 0.0]) / 0.85, atol=0.015)
+    first = torch.tensor([s[0] for s in explore.sample_decode(model, None, n, 3, top_k=1, generator=g)])
+    assert (first == 3).all()
+
+
+@torch.no_grad()
+def test_sample_decode_with_num_return_sequences():
+    model = tiny(eos_bias=1.0)
+    out = model.decode([[0, 1, 2], [3, 3, 3]], strategy="sample", num_return_sequences=4, top_k=5,
+                       generator=torch.Generator().manual_seed(0))
+    assert len(out) == 2 and all(len(texts) == 4 for texts in out)
+    texts, codes = model.sample(5, generator=torch.Generator().manual_seed(0))
+    assert len(texts) == 5 and codes.shape == (5, 3)
+    with pytest.raises(ValueError, match="greedy"):
+        model.decode([[0, 1, 2]], num_return_sequences=2)
+    texts, z = tiny(latent="gaussian").sample(3, generator=torch.Generator().manual_seed(0))
+    assert len(texts) == 3 and z.shape == (3, 32)
+    texts, nothing = tiny(latent="none").sample(2, strategy="sample", top_p=0.9)
+    assert len(texts) == 2 and nothing is None
+
+
+# ---- codes and texts in every form ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decoder_type", ["gru", "transformer"])
+@torch.no_grad()
+def test_decode_takes_indices_one_hot_and_soft_codes(decoder_type):
+    model = tiny(decoder_type)
+    codes = all_codes(model)[::7]
+    texts = model.decode(codes)
+    assert model.decode(codes.tolist()) == texts
+    assert model.decode(torch.nn.functional.one_hot(codes, 4).float()) == texts
+    assert model.decode(codes[0]) == texts[:1]  # a single code (N,)
+    soft = torch.softmax(torch.randn(len(codes), 3, 4), -1)
+    assert len(model.decode(soft)) == len(codes)
+    with pytest.raises(ValueError, match="category indices"):
+        model.decode([[0, 1, 9]])
+    with pytest.raises(ValueError, match="latents"):
+        model.decode([[0, 1]])
+    with pytest.raises(ValueError, match="shape"):
+        model.decode(torch.rand(2, 3, 5))
+    with pytest.raises(ValueError, match="strategy"):
+        model.decode(codes, strategy="nucleus")
+
+
+@torch.no_grad()
+def test_large_batches_are_encoded_and_decoded_in_chunks_with_the_same_result(monkeypatch):
+    model = tiny(eos_bias=0.25)
+    codes = all_codes(model)
+    texts = ["the cat", "the dog .", "a big fox", "the old bird chased the fox slowly .", "fox"]
+    whole = model.decode(codes), model.decode(codes[:9], strategy="beam", num_beams=3, num_return_sequences=2)
+    encoded = model.encode(texts)
+    monkeypatch.setattr(explore, "DECODE_ROWS", 7)
+    monkeypatch.setattr(explore, "ENCODE_ROWS", 2)
+    assert (model.decode(codes), model.decode(codes[:9], strategy="beam", num_beams=3, num_return_sequences=2)) == whole
+    chunked = model.encode(texts)
+    assert torch.equal(chunked[0], encoded[0]) and torch.allclose(chunked[1], encoded[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_empty_text_is_a_clear_error(text):
+    model = tiny()
+    with pytest.raises(ValueError, match="empty"):
+        model.encode(["the cat", text])
+    with pytest.raises(ValueError, match="empty"):
+        model.reconstruct([text])
+
+
+@pytest.mark.parametrize("decoder_type,encoder_type", [("transformer", "gru"), ("gru", "transformer")])
+@torch.no_grad()
+def test_long_text_is_truncated_and_decoding_stays_within_positions(decoder_type, encoder_type):
+    model = tiny(decoder_type, encoder_type, max_position_embeddings=12)
+    long = " ".join(WORDS * 20)  # 340 words
+    batch = explore.tokenize(model, [long, "the cat"])
+    assert batch["input_ids"].shape == (2, 12) and batch["input_ids"][0, -1] == model.config.eos_token_id
+    codes, probs = model.encode([long])
+    assert codes.shape == (1, 3) and probs.shape == (1, 3, 4)
+    out = explore.decode_ids(model, codes, max_length=100)
+    assert len(out[0]) <= (12 if decoder_type == "transformer" else 100)
+    assert len(model.reconstruct([long], max_length=100)) == 1
+
+
+@torch.no_grad()
+def test_traverse_and_interpolate_on_a_random_model():
+    model = tiny(eos_bias=1.0)
+    rows = model.traverse("the cat chased the fox .", latent=1)
+    assert [r["category"] for r in rows] == [0, 1, 2, 3] and sum(r["original"] for r in rows) == 1
+    assert all(r["codes"][0] == rows[0]["codes"][0] and r["codes"][2] == rows[0]["codes"][2] for r in rows)
+    with pytest.raises(ValueError, match="out of range"):
+        model.traverse("the cat", latent=3)
+    with pytest.raises(ValueError, match="method"):
+        model.interpolate("the cat", "the dog", method="linear")
+    with pytest.raises(ValueError, match="steps"):
+        model.interpolate("the cat", "the dog", method="simplex", steps=1)
+
+
+# ---- a small model trained on the bundled corpus ----------------------------------------------------------------
+
+PAIRS = [("the cat chased the fox .", "the dogs will not greet the old queen ."),
+         ("the horses did not greet the small baker slowly .", "the farmer calls the small girl quietly ."),
+         ("the king helps the boy .", "the birds will watch the big pilot quickly .")]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import textdvae
+
+    out = tmp_path_factory.mktemp("quick")
+    textdvae.train(str(ROOT / "recipes" / "quickstart.yaml"), [
+        f"output_dir={out}", "model.hidden_dim=64", "model.embed_dim=32", "data.max_train_samples=3000",
+        "data.max_eval_samples=50", "train.max_steps=250", "train.free_bits=2.0", "train.iw_samples=2",
+        "train.eval_every=1000", "train.save_every=1000"])
+    model = TextDVAE.from_pretrained(out / "final").eval()
+    return SimpleNamespace(path=out / "final", model=model)
+
+
+@pytest.mark.parametrize("a,b", PAIRS)
+def test_hamming_path_runs_from_reconstruction_to_reconstruction(trained, a, b):
+    model = trained.model
+    (code_a, code_b), _ = model.encode([a, b])
+    d = int((code_a != code_b).sum())
+    path = model.interpolate(a, b, method="hamming")
+    assert len(path) == d + 1 and [p["step"] for p in path] == list(range(d + 1))
+    assert [path[0]["text"], path[-1]["text"]] == model.reconstruct([a, b])
+    assert path[0]["codes"] == code_a.tolist() and path[-1]["codes"] == code_b.tolist()
+    for prev, cur in zip(path, path[1:]):
+        changed = [i for i, (x, y) in enumerate(zip(prev["codes"], cur["codes"])) if x != y]
+        assert len(changed) == 1 and cur["codes"][changed[0]] == code_b[changed[0]]
+        assert cur["repeated"] == (cur["text"] == prev["text"])  # repeats are marked, and kept
+    assert not path[0]["repeated"]
+
+
+def test_simplex_path_and_traverse_on_the_trained_model(trained):
+    model = trained.model
+    a, b = PAIRS[0]
+    path = model.interpolate(a, b, method="simplex", steps=6)
+    assert len(path) == 6 and [p["t"] for p in path] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    K = model.config.num_categories
+    rows = model.traverse(a, latent=2)
+    code, _ = model.encode([a])
+    assert len(rows) == K and [r["original"] for r in rows] == [k == int(code[0, 2]) for k in range(K)]
+    assert next(r for r in rows if r["original"])["text"] == model.reconstruct([a])[0]
+    assert model.decode(code, strategy="beam", num_beams=1) == model.reconstruct([a])
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    from textdvae.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_interpolate_and_reconstruct_json(trained, capsys):
+    a, b = PAIRS[1]
+    code, out, _ = cli(capsys, "interpolate", trained.path, a, b, "--json")
+    path = json.loads(out)
+    assert code == 0 and path and all({"step", "text", "codes"} <= set(p) for p in path)
+    assert [p["text"] for p in path] == [p["text"] for p in trained.model.interpolate(a, b)]
+    code, out, _ = cli(capsys, "reconstruct", trained.path, "--json", a, b)  # options may come between the texts
+    rows = json.loads(out)
+    assert code == 0 and [set(r) for r in rows] == [{"text", "codes", "reconstruction"}] * 2
+    assert [r["reconstruction"] for r in rows] == trained.model.reconstruct([a, b])
+    assert rows[0]["text"] == a and len(rows[0]["codes"]) == trained.model.config.num_latents
+
+
+def test_cli_texts_from_file_and_stdin(trained, capsys, monkeypatch, tmp_path):
+    texts = [PAIRS[0][0], PAIRS[2][0]]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n\n", encoding="utf-8")
+    _, out, _ = cli(capsys, "encode", trained.path, "--file", tmp_path / "in.txt", "--json")
+    assert [r["text"] for r in json.loads(out)] == texts
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(texts) + "\n"))
+    _, out, _ = cli(capsys, "reconstruct", trained.path, "--json")
+    assert [r["text"] for r in json.loads(out)] == texts
+    monkeypatch.setattr(sys, "stdin", io.StringIO(texts[1] + "\n"))
+    _, out, _ = cli(capsys, "reconstruct", trained.path, texts[0], "-")
+    assert out.splitlines()[0].split() == ["text", "codes", "reconstruction"] and len(out.splitlines()) == 3
+
+
+def test_cli_user_errors(trained, capsys):
+    code, _, err = cli(capsys, "traverse", trained.path, "the cat", "--latent", "99")
+    assert code == 2 and "out of range" in err and "Traceback" not in err
+    code, _, err = cli(capsys, "reconstruct", trained.path, "the cat", "")
+    assert code == 2 and "empty" in err
+    code, _, err = cli(capsys, "sample", trained.path, "--strategy", "sample", "--top-p", "2")
+    assert code == 2 and "top_p" in err
+
+
+def test_cli_sample_and_traverse_plot(trained, capsys, tmp_path):
+    code, out, _ = cli(capsys, "sample", trained.path, "-n", "3", "--strategy", "sample", "--top-k", "5", "--json")
+    assert code == 0 and len(json.loads(out)) == 3
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "traverse.png"
+    code, out, _ = cli(capsys, "traverse", trained.path, PAIRS[0][0], "--latent", "0", "--plot", png)
+    assert code == 0 and out.count("\n") == trained.model.config.num_categories + 1
+    from matplotlib.image import imread
+
+    image = imread(png)
+    assert image.shape[0] > 200 and image.shape[1] > 400
+
+
+def test_factor_traversal_benchmark_runs(trained, tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import traverse_factors
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = tmp_path / "factors.json"
+    assert traverse_factors.main([str(trained.path), "--n", "20", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["nmi"]) == {"subject", "number", "verb", "tense", "negation", "adjective", "object", "adverb"}
+    N = trained.model.config.num_latents
+    assert all(len(v) == N and all(0 <= x <= 1 for x in v) for v in result["nmi"].values())
+    assert sum(r["headline"] for r in result["rows"]) == 1
+    h = result["headline"]
+    assert h["nmi"] == max(max(v) for v in result["nmi"].values())
+    assert 0 <= h["traversals_changed"] <= 1 and 0 <= h["grammatical"] <= 1
+    assert "headline:" in capsys.readouterr().out
