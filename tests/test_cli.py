@@ -87,3 +87,23 @@ def test_readme_python_example_runs(run_dir):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README is ours
     assert namespace["codes"].shape == (1, 4) and len(namespace["texts"]) == 3
+
+
+def test_a_model_whose_weights_do_not_fit_is_refused(run_dir, tmp_path):
+    """transformers only warns about missing keys and leaves them random; the CLI must refuse such a model."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from textdvae.cli import ModelLoadError, load_model
+
+    broken = tmp_path / "renamed"
+    shutil.copytree(run_dir / "final", broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    key = next(k for k in weights if k.startswith("encoder."))
+    weights["old_" + key] = weights.pop(key)
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="do not fit"):
+        load_model(str(broken))
+    model, _ = load_model(str(run_dir / "final"))  # the intact one loads
+    assert model.config.num_latents == 4

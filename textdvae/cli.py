@@ -38,7 +38,7 @@ def load_model(name: str, revision: str | None = None):
         raise ModelLoadError(f"model {name!r} not found: pass a local folder (a training run's final/) or a Hub repo id "
                              "such as user/model")
     try:
-        model = TextDVAE.from_pretrained(name, revision=revision)
+        model, info = TextDVAE.from_pretrained(name, revision=revision, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     except OSError as err:
         from huggingface_hub import constants
@@ -56,6 +56,12 @@ def load_model(name: str, revision: str | None = None):
         if type(err).__name__ in ("SafetensorError", "HeaderTooLarge", "HeaderTooSmall", "InvalidHeaderDeserialization"):
             raise ModelLoadError(f"the weights of {name!r} are truncated or corrupt ({err}); re-download or re-train") from None
         raise
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if bad:  # transformers would only warn and leave those weights random: never decode with a half-loaded model
+        details = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:4]))}{' ...' if len(v) > 4 else ''}"
+                            for k, v in bad.items())
+        raise ModelLoadError(f"the weights of {name!r} do not fit this version of textdvae ({details}); "
+                             "load it with the textdvae version that saved it, or re-train")
     model.tokenizer = tokenizer  # the one from this revision; saves loading it a second time
     model.eval()
     return model, tokenizer
@@ -330,6 +336,9 @@ def _intermixed(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars are noise on a command line
     args = build_parser().parse_args(argv)
     if args.debug:
         return args.func(args)
