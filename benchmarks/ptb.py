@@ -94,24 +94,24 @@ def _prod(shape) -> int:
 def write_table(rows: list[dict]) -> None:
     lines = ["# Penn Treebank results", "",
              "Test split (3,761 sentences, 82,430 tokens: words + end-of-sentence). NLL and ELBO in nats per sentence;",
-             "`-ELBO` is what most text-VAE papers report as \"NLL\"; `IW NLL` is importance-sampled (S = 100). Every",
+             "`-ELBO` is what most text-VAE papers report as \"NLL\"; `IW NLL` is importance-sampled with S samples. Every",
              "model: hidden 256, embeddings 256, 10k-word vocabulary. Trained on 2 CPU cores (one thread per run when",
              "two run side by side). Commands:", "",
              "    python benchmarks/ptb.py --variants gru lm --max-steps N --parallel 2",
              "    python benchmarks/ptb.py --variants gaussian est_gumbel_st est_gumbel est_reinmax est_reinforce "
              "--max-steps M --parallel 2", "",
-             "| variant | latent | estimator | N x K | -ELBO | IW NLL | PPL (IW) | KL | MI | active | BLEU | params | "
-             "minutes | epochs |", "|" + "---|" * 14]
+             "| variant | latent | estimator | N x K | -ELBO | IW NLL | S | PPL (IW) | KL | MI | active | BLEU | params | "
+             "minutes | steps | epochs |", "|" + "---|" * 16]
     for r in rows:
         nk = f"{r['num_latents']} x {r['num_categories']}" if r["latent"] == "categorical" else (
             f"{r['num_latents']} dims" if r["latent"] == "gaussian" else "-")
         lines.append(f"| {r['variant']} | {r['latent']} | {r['estimator'] or '-'} | {nk} | {-r['elbo']:.2f} | "
-                     f"{r['nll']:.2f} | {r['ppl']:.2f} | {r['kl']:.2f} | {r['mi']:.2f} | {r['active_latents']}/"
+                     f"{r['nll']:.2f} | {r['iw_samples']} | {r['ppl']:.2f} | {r['kl']:.2f} | {r['mi']:.2f} | {r['active_latents']}/"
                      f"{r['num_latents']} | {r['rec_bleu']:.1f} | {r['params'] / 1e6:.2f}M | {r['train_minutes']} | "
                      f"{r['epochs']} |")
     for a in ANCHORS:
-        lines.append(f"| {a['variant']} | {a['latent']} | - | 32 dims | {a['nll_elbo']:.2f} | - | {a['ppl']:.2f} | - | - "
-                     f"| - | - | - | - | 100 |")
+        lines.append(f"| {a['variant']} | {a['latent']} | - | 32 dims | {a['nll_elbo']:.2f} | - | - | {a['ppl']:.2f} | - | - "
+                     f"| - | - | - | - | - | 100 |")
     lines += ["", "Anchors: asyml/texar examples/vae_text, PTB test, LSTM hidden 256, embeddings 256, Gaussian latent 32, "
               "100 epochs; their NLL is the negative single-sample ELBO and their PPL is derived from it."]
     TABLE.write_text("\n".join(lines) + "\n")
