@@ -137,8 +137,8 @@ def test_a_tiny_model_learns_to_reconstruct(estimator):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     tau = 1.0 if estimator == "reinmax" else 0.7
     first = None
-    for step in range(200):  # a beta-VAE with KL annealing (Bowman et al. 2016) to beta = 0.5
-        out = model(ids, mask, tau=tau, beta=0.5 * min(1.0, step / 100))
+    for step in range(200):  # KL annealing to beta = 0.5 and free bits (0.7 nats per latent: 1.4 >= log 4 in all)
+        out = model(ids, mask, tau=tau, beta=0.5 * min(1.0, step / 100), free_bits=0.7)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
