@@ -31,8 +31,11 @@ def run_dir(tmp_path_factory):
 
 
 def test_train_writes_the_documented_output_dir(run_dir):
-    for name in ("config.yaml", "log.jsonl", "metrics.json", "checkpoints", "final", "training_curves.png"):
+    for name in ("config.yaml", "log.jsonl", "metrics.json", "checkpoints", "final", "training_curves.png",
+                 "code_usage.png"):
         assert (run_dir / name).exists(), name
+    pytest.importorskip("torch.utils.tensorboard")  # the [tensorboard] extra (in [dev]): the same scalars there too
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("elbo", "rec", "kl", "kl_per_latent", "nll", "nll_exact", "ppl", "mi", "active_latents", "au",
                 "num_latents", "rec_token_acc", "rec_bleu", "num_processes"):
@@ -60,9 +63,12 @@ def test_final_folder_loads_with_its_tokenizer(run_dir):
 
 def test_python_dash_m_and_eval_json(run_dir, tmp_path):
     out = tmp_path / "m.json"
-    proc = textdvae("eval", run_dir / "final", "--split", "validation", "--iw-samples", "4", "--json", out)
+    proc = textdvae("eval", run_dir / "final", "--split", "validation", "--iw-samples", "4", "--json", out,
+                    "--extra-metric", "no_such_metric_here")
     metrics = json.loads(out.read_text())
     assert metrics["n_sentences"] == 40 and "elbo" in proc.stdout
+    assert "no_such_metric_here" in proc.stderr and "skipped" in proc.stderr  # a clear message, and eval goes on
+    assert (tmp_path / "m_code_usage.png").is_file()
 
 
 def test_cli_user_errors_exit_nonzero_without_traceback(tmp_path):

@@ -98,7 +98,7 @@ def cmd_eval(args) -> int:
         raise recipe_lib.RecipeError(f"split {args.split!r} not found; the data have {', '.join(prepared.splits)}")
     torch.manual_seed(args.seed)
     metrics = evaluate(model, prepared.splits[split], tokenizer, batch_size=args.batch_size, iw_samples=args.iw_samples,
-                       seed=args.seed)
+                       seed=args.seed, extra_metrics=args.extra_metric)
     metrics.update(split=args.split, num_processes=1)
     print(format_metrics(metrics))
     if args.json:
@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipe", help="take the data section from this recipe instead of the model's own")
+    p.add_argument("--extra-metric", action="append", default=[], metavar="NAME_OR_PATH",
+                   help="also score reconstructions with this Hugging Face `evaluate` metric (repeatable); skipped "
+                        "with a message when it cannot be loaded (evaluate fetches metric scripts from the Hub)")
     p.add_argument("--revision", help="Hub revision")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--plot", help="code-usage heatmap (latent x category) PNG; default beside --json, or "

@@ -21,7 +21,9 @@ is a word (plus EOS), so `ppl` is the word-level perplexity that PTB papers repo
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -127,8 +129,12 @@ def exact_log_likelihood(model, input_ids: Tensor, mask: Tensor, chunk: int = 40
 
 @torch.no_grad()
 def evaluate(model, seqs: list[list[int]], tokenizer, accelerator=None, batch_size: int = 128, iw_samples: int = 100,
-             seed: int = 0, exact_limit: int = 65536, max_decode_length: int | None = None) -> dict:
-    """Every metric of the module docstring over one split of encoded sentences (ids ending with EOS)."""
+             seed: int = 0, exact_limit: int = 65536, max_decode_length: int | None = None,
+             extra_metrics: list[str] | None = None) -> dict:
+    """Every metric of the module docstring over one split of encoded sentences (ids ending with EOS), plus any
+    `evaluate` metrics named in `extra_metrics` scored on the greedy reconstructions."""
+    import sacrebleu
+
     from .explore import greedy_decode
 
     model.eval()
@@ -178,7 +184,10 @@ def evaluate(model, seqs: list[list[int]], tokenizer, accelerator=None, batch_si
         metrics["nll_exact"] = sums["nll_exact"].item() / n
         metrics["ppl_exact"] = math.exp(sums["nll_exact"].item() / n_tok)
     metrics["rec_token_acc"] = sums["correct"].item() / sums["ref_tokens"].item()
-    metrics["rec_bleu"] = _bleu(tokenizer, hyps, refs, accelerator)
+    hyp_text, ref_text = _decoded_texts(tokenizer, hyps, refs, accelerator)
+    metrics["rec_bleu"] = sacrebleu.corpus_bleu(hyp_text, [ref_text], force=True).score  # tokenised text on purpose
+    if extra_metrics:
+        metrics.update(extra_metric_scores(extra_metrics, hyp_text, ref_text))
     metrics["iw_samples"] = iw_samples
     if cfg.latent == "categorical":
         probs = _gather(accelerator, _cat(posteriors, cfg.num_latents, cfg.num_categories))
@@ -235,12 +244,28 @@ def _strip_eos(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos)] if eos in ids else list(ids)
 
 
-def _bleu(tokenizer, hyps: list[list[int]], refs: list[list[int]], accelerator=None) -> float:
-    import sacrebleu
-
+def _decoded_texts(tokenizer, hyps: list[list[int]], refs: list[list[int]], accelerator=None) -> tuple[list[str], list[str]]:
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
         hyps, refs = gather_object(hyps), gather_object(refs)
-    hyp_text = tokenizer.batch_decode(hyps, skip_special_tokens=True)
-    ref_text = tokenizer.batch_decode(refs, skip_special_tokens=True)
-    return sacrebleu.corpus_bleu(hyp_text, [ref_text], force=True).score  # tokenised text on purpose
+    return tokenizer.batch_decode(hyps, skip_special_tokens=True), tokenizer.batch_decode(refs, skip_special_tokens=True)
+
+
+def extra_metric_scores(names: list[str], hyps: list[str], refs: list[str]) -> dict[str, float]:
+    """Scores of Hugging Face `evaluate` metrics (by name or local path) on the greedy reconstructions. `evaluate`
+    fetches metric scripts from the Hub, so offline a metric that is not cached or local is skipped with a message."""
+    try:
+        import evaluate as hf_evaluate
+    except ImportError:
+        print(f"extra metrics {', '.join(names)} skipped: pip install 'textdvae[metrics]' (evaluate)", file=sys.stderr)
+        return {}
+    scores: dict[str, float] = {}
+    for name in names:
+        try:
+            metric = hf_evaluate.load(name)
+        except Exception as err:  # evaluate raises network, file and import errors of many kinds here
+            print(f"extra metric {name!r} skipped: it could not be loaded ({type(err).__name__}: {err})", file=sys.stderr)
+            continue
+        result = metric.compute(predictions=hyps, references=refs)
+        scores.update({f"{Path(name).stem}_{k}": float(v) for k, v in result.items() if isinstance(v, (int, float))})
+    return scores

@@ -178,6 +178,7 @@ class Trainer:
         self.step, self.batches_seen, self.best_elbo = 0, 0, -math.inf
         self.nonfinite_total, self.nonfinite_run = 0, 0
         self.log_lines, self.elapsed, self.running = 0, 0.0, {}
+        self.tb_writer = None  # SummaryWriter on first log when tensorboard is installed; False when it is not
         self.stop_requested, self.stop_signal, self._first_signal_at = False, None, None
         self.replicas_in_sync: bool | None = None
         self.resumed_from: Path | None = None
@@ -547,6 +548,23 @@ class Trainer:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
             self.log_lines += 1
+            self._tensorboard(record)
+
+    def _tensorboard(self, record: dict) -> None:
+        """The same scalars to TensorBoard (output_dir/tensorboard) when it is installed: pip install 'textdvae[tensorboard]'."""
+        if self.tb_writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.tb_writer = False
+                return
+            self.tb_writer = SummaryWriter(str(self.out / "tensorboard"))
+        if self.tb_writer:
+            prefix = record.get("split", "train")
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                    self.tb_writer.add_scalar(f"{prefix}/{key}", value, record.get("step", 0))
+            self.tb_writer.flush()
 
     def _print(self, text: str, warn: bool = False) -> None:
         if self.is_main:
