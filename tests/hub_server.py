@@ -962,6 +962,18 @@ def tree_digest(root: Path) -> dict[str, str]:
     return out
 
 
+RESULT_MARK = "@@RESULT@@"  # a child process prints its result as one JSON line after this mark
+
+
+def child_result(proc: subprocess.CompletedProcess) -> dict:
+    """Parse the JSON a child printed after RESULT_MARK; fail with its output otherwise."""
+    assert proc.returncode == 0, f"child failed (rc={proc.returncode})\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    raise AssertionError(f"no result line in child output\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
+
+
 def run_with_hub(
     code: str,
     server: "HubServer | str",

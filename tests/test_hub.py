@@ -23,27 +23,19 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_server import HubServer, run_cli_with_hub, run_with_hub, tree_digest  # noqa: E402
+from hub_server import (RESULT_MARK, HubServer, child_result, run_cli_with_hub, run_with_hub,  # noqa: E402
+                        tree_digest)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.hidden_dim=32", "model.embed_dim=16", "model.num_latents=4", "model.num_categories=4",
         "data.max_train_samples=400", "data.max_eval_samples=40", "train.batch_size=32", "train.max_steps=30",
         "train.eval_every=15", "train.save_every=15", "train.iw_samples=4"]
 CARD_METRICS = ["elbo", "nll", "ppl", "kl", "mi", "active_latents", "rec_bleu", "rec_token_acc"]
-MARK = "@@RESULT@@"
 PRELUDE = f"""
 import json, hashlib, sys
 def emit(obj):
-    print({MARK!r} + json.dumps(obj), flush=True)
+    print({RESULT_MARK!r} + json.dumps(obj), flush=True)
 """
-
-
-def _result(proc) -> dict:
-    assert proc.returncode == 0, f"child failed (rc={proc.returncode})\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
-    for line in proc.stdout.splitlines():
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
-    raise AssertionError(f"no result line in child output\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
 
 
 def tensor_digests(path: Path) -> dict[str, str]:
@@ -170,7 +162,7 @@ with contextlib.redirect_stdout(io.StringIO()) as cli_out:
     res["cli"] = [main(["reconstruct", REPO, *TEXTS[:2], "--json"]), cli_out.getvalue()]
 emit(res)
 """, hub)
-    res = _result(load)
+    res = child_result(load)
     local_weights = tensor_digests(final / "model.safetensors")
     for name in ("class", "auto", "local"):
         assert res[name]["weights"] == local_weights, name
@@ -263,7 +255,7 @@ for name, token, argv in {[(n, t, [str(a) for a in argv]) for n, t, argv in case
     res[name] = [rc, out.getvalue(), err.getvalue()]
 emit(res)
 """
-    res = _result(run_with_hub(code, hub, token=None, hf_home=hf_home))
+    res = child_result(run_with_hub(code, hub, token=None, hf_home=hf_home))
     rc, stdout, stderr = res.pop("saved_login")
     assert rc == 0 and stdout.startswith(f"pushed {final} to {hub.url}/user/saved-login/commit/"), (rc, stdout, stderr)
     for name, (rc, stdout, stderr) in res.items():

@@ -19,9 +19,9 @@ import yaml
 from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_server import HubServer, git_blob_oid, run_with_hub, tree_digest  # noqa: E402
+from hub_server import (RESULT_MARK, HubServer, child_result, git_blob_oid, run_with_hub,  # noqa: E402
+                        tree_digest)
 
-MARK = "@@RESULT@@"
 HUB_PY = Path(__file__).resolve().parent.parent / "textdvae" / "hub.py"
 
 # `import textdvae.hub` runs textdvae/__init__.py, which imports torch + transformers (~5 s per process).
@@ -42,19 +42,10 @@ def _hub_module():
     return module
 
 
-def _result(proc) -> dict:
-    """Parse the JSON the child printed after MARK; fail with its output otherwise."""
-    assert proc.returncode == 0, f"child failed (rc={proc.returncode})\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
-    for line in proc.stdout.splitlines():
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
-    raise AssertionError(f"no result line in child output\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
-
-
 PRELUDE = f"""
 import json, hashlib, sys
 def emit(obj):
-    print({MARK!r} + json.dumps(obj), flush=True)
+    print({RESULT_MARK!r} + json.dumps(obj), flush=True)
 def sha(b):
     return hashlib.sha256(b).hexdigest()
 """
@@ -111,7 +102,7 @@ emit({{"url": str(url), "commit_url": info.commit_url, "oid": info.oid}})
 """,
         hub,
     )
-    res = _result(up)
+    res = child_result(up)
     assert res["url"] == f"{hub.url}/user/raw"
     assert res["commit_url"] == f"{hub.url}/user/raw/commit/{res['oid']}"
     files = hub.files("user/raw")
@@ -150,7 +141,7 @@ emit({{"single": single, "snapshot": snapshot, "errors": errors, "tree": tree, "
         hub,
         token=None,
     )
-    res2 = _result(down)
+    res2 = child_result(down)
     expected = {p: hashlib.sha256(b).hexdigest() for p, b in local.items()}
     assert res2["single"] == expected
     assert {k: v for k, v in res2["snapshot"].items() if k != ".gitattributes"} == expected
@@ -197,7 +188,7 @@ emit({{"main": url_main, "again": url_again, "dev": url_dev, "plain": url_plain,
 """,
         hub,
     )
-    res = _result(proc)
+    res = child_result(proc)
 
     # one commit on main, holding everything including the card
     commits = hub.commits("user/dvae")
@@ -292,7 +283,7 @@ for name, call in cases.items():
 emit(out)
 """
     )
-    res = _result(run_with_hub(code, hub, token=None))  # no HF_TOKEN in the child
+    res = child_result(run_with_hub(code, hub, token=None))  # no HF_TOKEN in the child
     for name, value in res.items():
         assert value is not None and value[0] == "HubError", (name, value)
     assert "HF_TOKEN" in res["no_token"][1] and "hf auth login" in res["no_token"][1]
@@ -323,7 +314,7 @@ except HubError as e:
 """,
         dead,
     )
-    msg = _result(down)
+    msg = child_result(down)
     assert msg is not None and dead in msg and "network" in msg
     assert tree_digest(tmp_path) == before, "a failed push modified local files"
 
@@ -355,7 +346,7 @@ emit({"ids": ids.tolist(), "hash": sha(logits.numpy().tobytes())})
 """,
         hub,
     )
-    pushed = _result(push)
+    pushed = child_result(push)
     files = hub.files("user/tiny")
     assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", "tokenizer_config.json"} <= set(files)
     assert not any(name.endswith(".bin") for name in files)
@@ -376,7 +367,7 @@ emit({"ids": ids.tolist(), "hash": sha(logits.numpy().tobytes()), "type": config
 """,
         hub,
     )
-    loaded = _result(load)
+    loaded = child_result(load)
     assert loaded["type"] == "gpt2" and loaded["cls"] == "GPT2LMHeadModel"
     assert loaded["ids"] == pushed["ids"]
     assert loaded["hash"] == pushed["hash"]
@@ -402,7 +393,7 @@ emit({"etag": meta.etag, "size": meta.size, "commit": meta.commit_hash, "whoami"
 """,
         hub,
     )
-    res = _result(proc)
+    res = child_result(proc)
     assert res["etag"] == git_blob_oid(b"hello") and res["size"] == 5
     assert res["commit"] == hub.branches("user/e")["main"]
     assert res["whoami"] == "user"
