@@ -147,3 +147,22 @@ def test_a_tiny_model_learns_to_reconstruct(estimator):
     final = model(ids, mask, generator=torch.Generator().manual_seed(0))
     assert final.rec.mean().item() < 0.5 * math.log(4) < 0.05 * first
     assert final.kl.mean().item() > 0.8 * math.log(4)  # the codes carry the sentence's identity
+
+
+@pytest.mark.parametrize("dec", ["gru", "transformer"])
+def test_transformers_generate_matches_our_incremental_greedy_decoding(dec):
+    """model.generate (GenerationMixin, codes as a keyword) gives the tokens our own decoder gives."""
+    from textdvae.explore import greedy_decode
+
+    torch.manual_seed(0)
+    model = TextDVAE(tiny(decoder_type=dec)).eval()
+    codes = torch.randint(0, 4, (5, 3))  # (B, N) indices are accepted as well as one-hot codes
+    bos = torch.full((5, 1), model.config.bos_token_id)
+    out = model.generate(input_ids=bos, codes=codes, max_new_tokens=8, do_sample=False,
+                         eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id)
+    ours = greedy_decode(model, model.condition(torch.nn.functional.one_hot(codes, 4).float()), 5, 8)
+    for row, ref in zip(out[:, 1:].tolist(), ours):
+        assert row[: len(ref)] == ref
+    beams = model.generate(input_ids=bos, codes=codes, max_new_tokens=8, num_beams=3, num_return_sequences=2,
+                           eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id)
+    assert beams.shape[0] == 10

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -246,7 +246,7 @@ class TextDVAEPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.baseline_mean)
 
 
-class TextDVAE(TextDVAEPreTrainedModel):
+class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
     def __init__(self, config: TextDVAEConfig):
         super().__init__(config)
         c = config
@@ -281,6 +281,8 @@ class TextDVAE(TextDVAEPreTrainedModel):
         else:
             self.lm_head = nn.Linear(c.hidden_dim, c.vocab_size)
         self.post_init()
+        if self.generation_config is not None:  # model.generate re-runs the prefix: the decoders keep their own state
+            self.generation_config.use_cache = False
 
     # ---- pieces that forward composes; evaluation and exploration reuse them -------------------------------------
 
@@ -363,12 +365,19 @@ class TextDVAE(TextDVAEPreTrainedModel):
 
     # ---- the model ------------------------------------------------------------------------------------------------
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, tau: float = 1.0, beta: float = 1.0,
-                free_bits: float = 0.0, word_dropout: float = 0.0, codes: Tensor | None = None,
-                generator: torch.Generator | None = None, output_logits: bool = False) -> TextDVAEOutput:
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *, tau: float = 1.0,
+                beta: float = 1.0, free_bits: float = 0.0, word_dropout: float = 0.0, codes: Tensor | None = None,
+                generator: torch.Generator | None = None, output_logits: bool = False,
+                decoder_input_ids: Tensor | None = None, **unused) -> TextDVAEOutput:
         """input_ids (B, T): token ids ending with EOS, right-padded; attention_mask (B, T): 1 for real tokens.
-        `codes` (B, N, K) skips the encoder and decodes from the given codes (then kl is None)."""
+        `codes` (B, N, K) skips the encoder and decodes from the given codes (then kl is None).
+        `decoder_input_ids` (B, T) with `codes`: the next-token log-probabilities after each prefix position, as
+        transformers' `generate` asks for them (see prepare_inputs_for_generation)."""
         c = self.config
+        if decoder_input_ids is not None:
+            h, _ = self.decoder(self.embed_tokens(decoder_input_ids), self.decoder.start(self.condition(codes),
+                                                                                        decoder_input_ids.size(0)))
+            return TextDVAEOutput(logits=self.token_log_probs(h))  # (B, T, V)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         n_tokens = attention_mask.sum(1)  # (B,)
@@ -397,6 +406,14 @@ class TextDVAE(TextDVAEPreTrainedModel):
         logits = self.token_log_probs(h) if output_logits else None
         return TextDVAEOutput(loss=loss, rec=rec, kl=kl, kl_per_latent=kl_per_latent, logits=logits,
                               latent_logits=latent_logits, codes=codes, mu=mu, logvar=logvar, n_tokens=n_tokens)
+
+    def prepare_inputs_for_generation(self, input_ids: Tensor, codes: Tensor | None = None, **kwargs) -> dict:
+        """`model.generate(input_ids=BOS (B, 1), codes=(B, N, K) one-hot, ...)`: each step re-runs the decoder over
+        the prefix (use_cache is off). Our own `decode` is the incremental, faster path; generate is here for its
+        strategies (beam search, top-p, constraints) with the code as a keyword argument."""
+        if codes is not None and codes.dim() == 2:
+            codes = F.one_hot(codes.long(), self.config.num_categories).float()
+        return {"decoder_input_ids": input_ids, "codes": codes}
 
     def _reinforce_terms(self, latent_logits: Tensor, codes: Tensor, rec: Tensor, pooled: Tensor) -> Tensor:
         """Score-function gradient of E_q[rec] for the encoder (the decoder already gets rec's own gradient), with
