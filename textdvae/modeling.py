@@ -368,11 +368,12 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *, tau: float = 1.0,
                 beta: float = 1.0, free_bits: float = 0.0, word_dropout: float = 0.0, codes: Tensor | None = None,
                 generator: torch.Generator | None = None, output_logits: bool = False,
-                decoder_input_ids: Tensor | None = None, **unused) -> TextDVAEOutput:
+                decoder_input_ids: Tensor | None = None, **generate_flags) -> TextDVAEOutput:
         """input_ids (B, T): token ids ending with EOS, right-padded; attention_mask (B, T): 1 for real tokens.
         `codes` (B, N, K) skips the encoder and decodes from the given codes (then kl is None).
         `decoder_input_ids` (B, T) with `codes`: the next-token log-probabilities after each prefix position, as
-        transformers' `generate` asks for them (see prepare_inputs_for_generation)."""
+        transformers' `generate` asks for them (see prepare_inputs_for_generation); `generate_flags` are the
+        bookkeeping keywords generate passes along (return_dict, use_cache, ...), which change nothing here."""
         c = self.config
         if decoder_input_ids is not None:
             h, _ = self.decoder(self.embed_tokens(decoder_input_ids), self.decoder.start(self.condition(codes),
