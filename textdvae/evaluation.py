@@ -138,7 +138,7 @@ def evaluate(model, seqs: list[list[int]], tokenizer, accelerator=None, batch_si
     `evaluate` metrics named in `extra_metrics` scored on the greedy reconstructions."""
     import sacrebleu
 
-    from .explore import greedy_decode
+    from .explore import greedy_decode, strip_eos
 
     model.eval()
     dev = _device(model)
@@ -181,8 +181,8 @@ def evaluate(model, seqs: list[list[int]], tokenizer, accelerator=None, batch_si
             ref = seqs[rows[i]]
             sums["correct"] += sum(int(j < len(hyp) and hyp[j] == tok) for j, tok in enumerate(ref))
             sums["ref_tokens"] += len(ref)
-            hyps.append(_strip_eos(hyp, cfg.eos_token_id))
-            refs.append(_strip_eos(ref, cfg.eos_token_id))
+            hyps.append(strip_eos(hyp, cfg.eos_token_id))
+            refs.append(strip_eos(ref, cfg.eos_token_id))
     sums = _reduce(accelerator, sums)
     n, n_tok = metrics["n_sentences"], metrics["n_tokens"]
     metrics["nll"] = sums["nll"].item() / n
@@ -245,10 +245,6 @@ def _gather(accelerator, t: Tensor) -> Tensor:
 def _cat(parts: list[Tensor], *row_shape: int) -> Tensor:
     """torch.cat that allows a process with no rows (a split smaller than the number of processes)."""
     return torch.cat(parts) if parts else torch.zeros((0, *row_shape))
-
-
-def _strip_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[: ids.index(eos)] if eos in ids else list(ids)
 
 
 def _decoded_texts(tokenizer, hyps: list[list[int]], refs: list[list[int]], accelerator=None) -> tuple[list[str], list[str]]:

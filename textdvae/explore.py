@@ -117,7 +117,7 @@ def decode(model, codes, strategy: str = "greedy", num_beams: int = 4, top_k: in
     ids = decode_ids(model, codes, strategy, num_beams, top_k, top_p, temperature, num_return_sequences, max_length,
                      generator, batch_size, length_penalty)
     eos = model.config.eos_token_id
-    texts = model.tokenizer.batch_decode([_strip(s, eos) for s in ids], skip_special_tokens=True)
+    texts = model.tokenizer.batch_decode([strip_eos(s, eos) for s in ids], skip_special_tokens=True)
     R = num_return_sequences
     return texts if R == 1 else [texts[i:i + R] for i in range(0, len(texts), R)]
 
@@ -443,5 +443,6 @@ def _cut(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos) + 1] if eos in ids else ids
 
 
-def _strip(ids: list[int], eos: int) -> list[int]:
+def strip_eos(ids: list[int], eos: int) -> list[int]:
+    """Token ids up to (not including) the first EOS."""
     return ids[: ids.index(eos)] if eos in ids else ids
