@@ -165,9 +165,11 @@ class TransformerEncoder(nn.Module):
 
 
 class GRUDecoder(nn.Module):
-    """The latent sets the initial state and is added to the input at every step (Bowman et al. 2016 feed it once;
-    feeding it at every step keeps the decoder from forgetting it). Adding W_z z to the input embedding is the same
-    function class as concatenating z, at a fraction of the cost: W_z z is computed once per sentence."""
+    """The latent sets the initial state only (Bowman et al. 2016). Adding the code to the input at every step as
+    well, the other common design, made the decoder worse than a language model: on PTB after 300 steps
+    (16 x 16 codes, free bits 0.5) validation -log p(x|z) was 131.6 nats with it and 119.1 without it, against
+    121.3 for the decoder alone (the sampled code of a near-uniform posterior is mostly noise, and fed at every
+    step it drowns the words)."""
 
     def __init__(self, config: TextDVAEConfig, cond_size: int):
         super().__init__()
@@ -176,20 +178,17 @@ class GRUDecoder(nn.Module):
                           dropout=config.dropout if config.decoder_layers > 1 else 0.0)
         if cond_size:
             self.cond_to_h0 = nn.Linear(cond_size * config.hidden_dim, config.decoder_layers * config.hidden_dim)
-            self.cond_to_in = nn.Linear(cond_size * config.hidden_dim, config.embed_dim)
         self.cond_size = cond_size
 
     def start(self, cond: Tensor | None, batch_size: int) -> dict:
         if not self.cond_size:
-            return {"h": None, "in": None}
+            return {"h": None}
         c = cond.flatten(1)  # (B, M * D)
-        h0 = torch.tanh(self.cond_to_h0(c)).view(-1, self.layers, self.H).transpose(0, 1).contiguous()  # (L, B, H)
-        return {"h": h0, "in": self.cond_to_in(c).unsqueeze(1)}  # in: (B, 1, E)
+        return {"h": torch.tanh(self.cond_to_h0(c)).view(-1, self.layers, self.H).transpose(0, 1).contiguous()}  # (L, B, H)
 
     def forward(self, emb: Tensor, state: dict) -> tuple[Tensor, dict]:
-        x = emb if state["in"] is None else emb + state["in"]  # (B, T, E)
-        out, h = self.rnn(x, state["h"])  # (B, T, H)
-        return out, {"h": h, "in": state["in"]}
+        out, h = self.rnn(emb, state["h"])  # (B, T, H)
+        return out, {"h": h}
 
 
 class TransformerDecoder(nn.Module):
