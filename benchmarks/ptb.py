@@ -144,6 +144,35 @@ def record(new_rows: dict[str, dict]) -> None:
     write_table(ordered)
 
 
+def plot_curves(out_root: Path) -> None:
+    """Validation -ELBO (the LM's NLL) against epochs for every finished run, with the published anchor, and the
+    headline run's own training curves, into benchmarks/results/."""
+    sys.path.insert(0, str(ROOT))
+    from textdvae.plots import _pyplot, plot_training_curves
+
+    runs = [v for v in VARIANTS if (out_root / v / "log.jsonl").is_file() and (out_root / v / "metrics.json").is_file()]
+    if (out_root / "gru" / "metrics.json").is_file():
+        plot_training_curves(out_root / "gru" / "log.jsonl", RESULTS.parent / "ptb_gru_training_curves.png")
+    plt = _pyplot("PTB validation curves")
+    if plt is None or not runs:
+        return
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for v in runs:
+        m = json.loads((out_root / v / "metrics.json").read_text())
+        per_epoch = m["data"]["train"]["n_sentences"] / yaml.safe_load((out_root / v / "config.yaml").read_text())["train"]["batch_size"]
+        evals = [json.loads(line) for line in (out_root / v / "log.jsonl").read_text().splitlines()]
+        evals = [r for r in evals if r.get("split") == "eval"]
+        ax.plot([r["step"] / per_epoch for r in evals], [-r["elbo"] for r in evals], "o-", ms=3, label=v)
+    ax.axhline(ANCHORS[0]["nll_elbo"], color="grey", ls="--", label="texar VAE LSTM (test, 100 epochs)")
+    ax.set(xlabel="epoch", ylabel="validation -ELBO, nats / sentence", title="PTB: discrete VAE, Gaussian VAE, LM",
+           ylim=(95, 140))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS.parent / "ptb_valid_curves.png", dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=[])
@@ -157,6 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.collect:
         record({v: row(v, ROOT / args.out / v) for v in VARIANTS if (ROOT / args.out / v / "metrics.json").is_file()})
+        plot_curves(ROOT / args.out)
         return
     if not PTB.is_dir():
         raise SystemExit(f"Penn Treebank not found at {PTB}")
