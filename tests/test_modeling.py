@@ -166,3 +166,18 @@ def test_transformers_generate_matches_our_incremental_greedy_decoding(dec):
     beams = model.generate(input_ids=bos, codes=codes, max_new_tokens=8, num_beams=3, num_return_sequences=2,
                            eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id)
     assert beams.shape[0] == 10
+
+
+def test_code_at_every_step_reaches_the_decoder_beyond_its_initial_state():
+    """With the initial-state path cut, the code still changes -log p(x|z) only when it is fed at every step."""
+    with pytest.raises(ValueError, match="code_at_every_step"):
+        tiny(decoder_type="transformer", code_at_every_step=True)
+    ids, mask = batch()
+    codes = [torch.nn.functional.one_hot(torch.full((5, 3), k), 4).float() for k in (0, 3)]
+    for every_step in (False, True):
+        torch.manual_seed(0)
+        model = TextDVAE(tiny(code_at_every_step=every_step)).eval()
+        torch.nn.init.zeros_(model.decoder.cond_to_h0.weight)
+        torch.nn.init.zeros_(model.decoder.cond_to_h0.bias)
+        a, b = (model(ids, mask, codes=c).rec for c in codes)
+        assert torch.allclose(a, b) != every_step

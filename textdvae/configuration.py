@@ -30,6 +30,12 @@ class TextDVAEConfig(PreTrainedConfig):
         encoder_bidirectional (`bool`, defaults to `True`): GRU encoder reads both directions; `False` halves the
             encoder's cost (it reads left to right and the final state summarises the sentence).
         decoder_layers (`int`, defaults to 1): layers of the decoder.
+        code_at_every_step (`bool`, defaults to `False`): GRU decoder only. `False`: the code sets the initial state
+            (Bowman et al. 2016). `True`: its projection is also added to every input embedding. Every step helps
+            when the code is sharp and must be copied out word for word (the quick-start corpus: greedy
+            reconstruction accuracy 0.99 against 0.69 without it); it hurts when the posterior is near uniform
+            and the sampled code is mostly noise (PTB: validation -log p(x|z) 131.5 against 119.4 nats after
+            300 steps, benchmarks/conditioning.py).
         num_heads (`int`, defaults to 4): attention heads (Transformer only); must divide `hidden_dim`.
         ffn_dim (`int`, defaults to 1024): inner width of the Transformer feed-forward blocks.
         dropout (`float`, defaults to 0.0): dropout on embeddings and between layers.
@@ -58,6 +64,7 @@ class TextDVAEConfig(PreTrainedConfig):
     encoder_layers: int = 1
     encoder_bidirectional: bool = True
     decoder_layers: int = 1
+    code_at_every_step: bool = False
     num_heads: int = 4
     ffn_dim: int = 1024
     dropout: float | int = 0.0
@@ -87,6 +94,9 @@ class TextDVAEConfig(PreTrainedConfig):
         if self.num_categories < 2:
             raise ValueError(f"model.num_categories (K) must be >= 2, got {self.num_categories}: "
                              "a latent with one category carries no information")
+        if self.code_at_every_step and self.decoder_type != "gru":
+            raise ValueError("model.code_at_every_step is a GRU decoder option (a Transformer decoder attends to the "
+                             "codes as a prefix at every step already); set model.decoder_type=gru or drop it")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if "transformer" in (self.encoder_type, self.decoder_type) and self.hidden_dim % self.num_heads:
