@@ -111,6 +111,23 @@ def score_function_surrogate(log_q: Tensor, reward: Tensor, baseline: Tensor) ->
     return (reward - baseline).detach() * log_q
 
 
+def leave_one_out_baseline(reward: Tensor, prediction: Tensor) -> Tensor:
+    """Baseline b_i = prediction_i + mean_{j != i} (reward_j - prediction_j), (B,), (B,) -> (B,), detached.
+
+    The other samples' mean reward as a baseline (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for
+    free!", https://openreview.net/forum?id=r1lgTGL5DE); here the other samples are other sentences, so each reward
+    is first offset by a per-sentence prediction (a learned b(x)). b_i does not depend on sample i (the samples are
+    independent), so the score-function gradient stays unbiased. The batch term follows the falling reconstruction
+    at once, where a running mean lags: a lagging baseline makes reward - baseline negative for most samples, which
+    reinforces whatever was sampled until the posterior collapses onto one code.
+    """
+    prediction = prediction.detach()
+    if reward.numel() < 2:
+        return prediction
+    residual = reward.detach() - prediction  # (B,)
+    return prediction + (residual.sum() - residual) / (reward.numel() - 1)
+
+
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     """Per-dimension KL(N(mu, exp(logvar)) || N(0, 1)), (B, Dz) -> (B, Dz), in nats.
 
