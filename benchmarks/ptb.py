@@ -154,22 +154,20 @@ def record(new_rows: dict[str, dict]) -> None:
     write_table(ordered)
 
 
-def plot_curves(out_root: Path) -> None:
-    """Validation -ELBO (the LM's NLL) against epochs for every finished run, with the published anchor, and the
-    headline run's own training curves, into benchmarks/results/."""
+def plot_curves(rows: dict[str, dict], out_root: Path) -> None:
+    """Validation -ELBO (the LM's NLL) against epochs for every finished run (`rows`, keyed by variant), with the
+    published anchor, and the headline run's own training curves, into benchmarks/results/."""
     sys.path.insert(0, str(ROOT))
     from textdvae.plots import _pyplot, plot_training_curves
 
-    runs = [v for v in VARIANTS if (out_root / v / "log.jsonl").is_file() and (out_root / v / "metrics.json").is_file()]
-    if (out_root / "gru" / "metrics.json").is_file():
+    if "gru" in rows:
         plot_training_curves(out_root / "gru" / "log.jsonl", RESULTS.parent / "ptb_gru_training_curves.png")
     plt = _pyplot("PTB validation curves")
-    if plt is None or not runs:
+    if plt is None or not rows:
         return
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for v in runs:
-        m = json.loads((out_root / v / "metrics.json").read_text())
-        per_epoch = m["data"]["train"]["n_sentences"] / yaml.safe_load((out_root / v / "config.yaml").read_text())["train"]["batch_size"]
+    for v, r in rows.items():
+        per_epoch = r["steps"] / r["epochs"]
         evals = [json.loads(line) for line in (out_root / v / "log.jsonl").read_text().splitlines()]
         evals = [r for r in evals if r.get("split") == "eval"]
         ax.plot([r["step"] / per_epoch for r in evals], [-r["elbo"] for r in evals], "o-", ms=3, label=v)
@@ -195,8 +193,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="threads per run (default: cores // parallel)")
     args = parser.parse_args()
     if args.collect:
-        record({v: row(v, ROOT / args.out / v) for v in VARIANTS if (ROOT / args.out / v / "metrics.json").is_file()})
-        plot_curves(ROOT / args.out)
+        rows = {v: row(v, ROOT / args.out / v) for v in VARIANTS if (ROOT / args.out / v / "metrics.json").is_file()}
+        record(rows)
+        plot_curves(rows, ROOT / args.out)
         return
     if not PTB.is_dir():
         raise SystemExit(f"Penn Treebank not found at {PTB}")
