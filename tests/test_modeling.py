@@ -112,10 +112,13 @@ def test_auto_classes_return_textdvae(tmp_path):
     assert isinstance(AutoModel.from_pretrained(tmp_path), TextDVAE)
 
 
-def test_adaptive_softmax_is_exact_and_tying_shares_weights():
+@pytest.mark.parametrize("div_value", [1.0, 4.0])
+def test_adaptive_softmax_is_exact_and_tying_shares_weights(div_value):
     torch.manual_seed(0)
     ids, mask = batch()
-    model = TextDVAE(tiny(adaptive_softmax_cutoffs=[10, 20])).eval()
+    model = TextDVAE(tiny(adaptive_softmax_cutoffs=[10, 20], adaptive_softmax_div_value=div_value)).eval()
+    widths = [tail[0].out_features for tail in model.adaptive.tail]  # each tail cluster's projection
+    assert widths == [int(model.config.hidden_dim // div_value ** (i + 1)) for i in range(2)]
     out = model(ids, mask, output_logits=True)
     assert torch.allclose(out.logits.exp().sum(-1), torch.ones(5, 7), atol=1e-5)
     gathered = -(out.logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask).sum(1)
@@ -124,6 +127,8 @@ def test_adaptive_softmax_is_exact_and_tying_shares_weights():
     assert not any("lm_head" in n for n, _ in tied.named_parameters())
     with pytest.raises(ValueError, match="tie_embeddings"):
         tiny(tie_embeddings=True, adaptive_softmax_cutoffs=[10])
+    with pytest.raises(ValueError, match="adaptive_softmax_div_value must be >= 1.*got 0.5"):
+        tiny(adaptive_softmax_cutoffs=[10], adaptive_softmax_div_value=0.5)
 
 
 @pytest.mark.parametrize("estimator", ["gumbel", "gumbel_st", "reinmax", "reinforce"])

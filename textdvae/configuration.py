@@ -52,6 +52,9 @@ class TextDVAEConfig(PreTrainedConfig):
         adaptive_softmax_cutoffs (`list[int]`, *optional*): token-id cutoffs of an adaptive softmax (Grave et al.
             2017): exact probabilities at a fraction of the cost for large vocabularies whose ids are sorted by
             frequency. `None` uses the full softmax.
+        adaptive_softmax_div_value (`float`, defaults to 4.0): each tail cluster of the adaptive softmax projects the
+            hidden state to `hidden_dim / div_value**i` dimensions (cluster i = 1, 2, ...); 1.0 keeps the full width
+            for rare words, larger values trade their accuracy for speed.
     """
 
     model_type = "textdvae"
@@ -76,6 +79,7 @@ class TextDVAEConfig(PreTrainedConfig):
     estimator: str = "gumbel_st"
     tie_embeddings: bool = False
     adaptive_softmax_cutoffs: list[int] | None = None
+    adaptive_softmax_div_value: float | int = 4.0
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
@@ -105,6 +109,9 @@ class TextDVAEConfig(PreTrainedConfig):
         if cutoffs is not None and (list(cutoffs) != sorted(set(cutoffs)) or cutoffs[0] < 1 or cutoffs[-1] >= self.vocab_size):
             raise ValueError(f"model.adaptive_softmax_cutoffs={cutoffs} must increase strictly within (0, vocab_size="
                              f"{self.vocab_size}); e.g. [2000, 6000] for a 10k vocabulary")
+        if not self.adaptive_softmax_div_value >= 1:
+            raise ValueError(f"model.adaptive_softmax_div_value must be >= 1 (1 keeps every tail cluster at the full "
+                             f"hidden width), got {self.adaptive_softmax_div_value}")
         if cutoffs is not None and self.tie_embeddings:
             raise ValueError("model.tie_embeddings works with the full softmax only; drop model.adaptive_softmax_cutoffs "
                              "or set model.tie_embeddings=false")

@@ -275,7 +275,7 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         self.adaptive = self.out_proj = self.lm_head = None
         if c.adaptive_softmax_cutoffs:
             self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(c.hidden_dim, c.vocab_size, list(c.adaptive_softmax_cutoffs),
-                                                          div_value=4.0)
+                                                          div_value=float(c.adaptive_softmax_div_value))
         elif c.tie_embeddings:
             self.out_proj = nn.Linear(c.hidden_dim, c.embed_dim) if c.hidden_dim != c.embed_dim else nn.Identity()
             self.lm_bias = nn.Parameter(torch.zeros(c.vocab_size))
