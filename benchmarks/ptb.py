@@ -116,9 +116,9 @@ NOTES = """Notes on these rows (2 CPU cores, one run at a time with 2 threads; t
   12,000 steps (31 minutes) reached 104.40 against 104.15 at 0.3 and 8,000 steps: at 0.5 the train/validation gap
   closes but the decoder learns no better within this budget. The rest of the discrete model's lost nat came with
   the one-direction encoder (the two changes were not run apart); its IW NLL is 0.3 above that language model's.
-  Full-width tail clusters in the adaptive softmax (div_value 1) changed
-  nothing for the language model at 2,000 steps (107.75 both) and cost 17 % more time. A tied full softmax (the
-  other regulariser texar-style models use) takes 0.95 s per discrete step against 0.32 s: 3x fewer steps.
+  Full-width tail clusters in the adaptive softmax (div_value 1) changed nothing for the language model at 2,000
+  steps (107.75 both) and cost 17 % more time. A tied full softmax (the other regulariser texar-style models use)
+  takes 0.95 s per discrete step against 0.32 s: 3x fewer steps.
 - Estimators at 400 steps: `gumbel_st`, `gumbel` and `reinmax` lie within 0.6 nats of each other (one seed each;
   not a ranking). `reinforce` is 12 nats behind them (135.46, KL 14.4 for MI 7.3), the price of a score-function
   gradient's variance this early. Before its baseline gained a leave-one-out batch term it collapsed onto one code
@@ -149,7 +149,7 @@ def write_table(rows: list[dict]) -> None:
     for a in ANCHORS:
         lines.append(f"| {a['variant']} | {a['latent']} | - | 32 dims | {a['nll_elbo']:.2f} | - | - | {a['ppl']:.2f} | - | - "
                      f"| - | - | - | - | - | 100 |")
-    trials = json.loads(TRIALS.read_text()) if TRIALS.is_file() else []
+    trials = _read_rows(TRIALS)
     if trials:
         lines += ["", "## Trials (not adopted)", "",
                   "Runs with `--override` (e.g. `python benchmarks/ptb.py --variants gru --max-steps 12000 --override "
@@ -157,7 +157,8 @@ def write_table(rows: list[dict]) -> None:
                   "| variant | overrides | steps | valid -ELBO | test -ELBO | IW NLL | S | KL | MI | minutes |",
                   "|" + "---|" * 10]
         for t in trials:
-            lines.append(f"| {t['variant']} | `{' '.join(t['overrides'])}` | {t['steps']} | {t['valid_elbo']:.2f} | "
+            lines.append(f"| {t['variant']} | `{' '.join(t['overrides'])}` | {t['steps']} | "
+                         f"{'-' if t['valid_elbo'] is None else format(t['valid_elbo'], '.2f')} | "
                          f"{-t['elbo']:.2f} | {t['nll']:.2f} | {t['iw_samples']} | {t['kl']:.2f} | {t['mi']:.2f} | "
                          f"{t['train_minutes']} |")
     lines += ["", NOTES, "", "Anchors: asyml/texar examples/vae_text, PTB test, LSTM hidden 256, embeddings 256, Gaussian latent 32, "
@@ -165,9 +166,13 @@ def write_table(rows: list[dict]) -> None:
     TABLE.write_text("\n".join(lines) + "\n")
 
 
+def _read_rows(path: Path) -> list[dict]:
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def record(new_rows: dict[str, dict]) -> None:
     """Merge rows into results/ptb.json (re-read first: several runners may share it) and rewrite the table."""
-    rows = {r["variant"]: r for r in json.loads(RESULTS.read_text())} if RESULTS.is_file() else {}
+    rows = {r["variant"]: r for r in _read_rows(RESULTS)}
     rows.update(new_rows)
     ordered = [rows[k] for k in VARIANTS if k in rows]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -178,10 +183,9 @@ def record(new_rows: dict[str, dict]) -> None:
 def record_trial(r: dict, overrides: list[str], out: Path) -> None:
     """Append a trial run (recipe + `overrides`) to results/ptb_trials.json, with its last validation -ELBO."""
     evals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"split": "eval"' in line]
-    trial = {**r, "overrides": r["overrides"] + overrides, "valid_elbo": -evals[-1]["elbo"] if evals else float("nan")}
-    trials = json.loads(TRIALS.read_text()) if TRIALS.is_file() else []
-    TRIALS.write_text(json.dumps(trials + [trial], indent=2))
-    write_table([x for x in json.loads(RESULTS.read_text())] if RESULTS.is_file() else [])
+    trial = {**r, "overrides": r["overrides"] + overrides, "valid_elbo": -evals[-1]["elbo"] if evals else None}
+    TRIALS.write_text(json.dumps(_read_rows(TRIALS) + [trial], indent=2))
+    write_table(_read_rows(RESULTS))
 
 
 def plot_curves(rows: dict[str, dict], out_root: Path) -> None:
