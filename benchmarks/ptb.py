@@ -16,6 +16,7 @@ table benchmarks/RESULTS.md is rewritten from it, with the published anchors bes
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -223,7 +224,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time; each gets 2 // parallel threads")
     parser.add_argument("--out", default="runs/ptb", help="where the runs go")
     parser.add_argument("--override", nargs="*", default=[],
-                        help="extra key=value overrides: a trial, run under runs/ptb_trials and recorded in "
+                        help="extra key=value overrides: a trial, run under runs/ptb_trials/<hash of the overrides> and recorded in "
                              "results/ptb_trials.json, never in the table")
     parser.add_argument("--iw-samples", type=int, help="importance samples of the final NLL (default: the recipe's)")
     parser.add_argument("--threads", type=int, help="threads per run (default: cores // parallel)")
@@ -238,8 +239,8 @@ def main() -> None:
     if not args.variants or not args.max_steps:
         parser.error("--variants and --max-steps are needed to train (or --collect to rebuild the table)")
     threads = args.threads or max(1, (os.cpu_count() or 2) // args.parallel)
-    if args.override and args.out == "runs/ptb":  # keep the recorded runs (and --collect) apart from trials
-        args.out = "runs/ptb_trials"
+    if args.override and args.out == "runs/ptb":  # trials apart from the recorded runs, one folder per override set
+        args.out = f"runs/ptb_trials/{hashlib.sha1(' '.join(args.override).encode()).hexdigest()[:8]}"
     recorded = [f"train.iw_samples={args.iw_samples}"] if args.iw_samples else []
     pending, running = list(args.variants), []
     while pending or running:
