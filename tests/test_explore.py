@@ -226,6 +226,14 @@ def test_large_batches_are_encoded_and_decoded_in_chunks_with_the_same_result(mo
     assert torch.equal(chunked[0], encoded[0]) and torch.allclose(chunked[1], encoded[1], atol=1e-6)
 
 
+def test_decoded_text_keeps_unk_and_drops_the_other_special_tokens():
+    """PTB's <unk> stands for real words: decoding must show it, not glue its neighbours together."""
+    tok = tiny().tokenizer
+    the, cat, eos = tok.convert_tokens_to_ids("the"), tok.convert_tokens_to_ids("cat"), tok.eos_token_id
+    ids = [[tok.bos_token_id, the, tok.unk_token_id, cat, eos, the, tok.pad_token_id], [the, tok.pad_token_id, cat]]
+    assert explore.ids_to_texts(tok, ids, eos) == ["the <unk> cat", "the cat"]
+
+
 @pytest.mark.parametrize("text", ["", "   "])
 def test_empty_text_is_a_clear_error(text):
     model = tiny()

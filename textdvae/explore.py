@@ -116,8 +116,7 @@ def decode(model, codes, strategy: str = "greedy", num_beams: int = 4, top_k: in
     `batch_size` sentences."""
     ids = decode_ids(model, codes, strategy, num_beams, top_k, top_p, temperature, num_return_sequences, max_length,
                      generator, batch_size, length_penalty)
-    eos = model.config.eos_token_id
-    texts = model.tokenizer.batch_decode([strip_eos(s, eos) for s in ids], skip_special_tokens=True)
+    texts = ids_to_texts(model.tokenizer, ids, model.config.eos_token_id)
     R = num_return_sequences
     return texts if R == 1 else [texts[i:i + R] for i in range(0, len(texts), R)]
 
@@ -441,6 +440,15 @@ def traverse(model, text: str, latent: int, max_length: int = 64) -> list[dict]:
 
 def _cut(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def ids_to_texts(tokenizer, ids: list[list[int]], eos: int) -> list[str]:
+    """Decoded ids -> texts, cut at the first EOS. Special tokens are dropped except <unk>: in a corpus such as PTB it
+    stands for real (rare) words, and dropping it would silently glue the words around it together."""
+    unk = tokenizer.unk_token_id
+    drop = set(tokenizer.all_special_ids) - {unk}
+    return tokenizer.batch_decode([[t for t in strip_eos(s, eos) if t not in drop] for s in ids],
+                                  skip_special_tokens=False)
 
 
 def strip_eos(ids: list[int], eos: int) -> list[int]:
