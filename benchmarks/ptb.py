@@ -106,9 +106,9 @@ NOTES = """Notes on these rows (2 CPU cores, one run at a time with 2 threads; t
   language model 102.04 against 104.15. Without it the language model's training loss ended 9 nats below its
   validation loss (12,000 steps: 96.3 with dropout on, against 104.98); dropout 0.5 closed that gap but learned
   less in the budget (below), while weight decay put the language model's validation curve ahead from the
-  2,000-step evaluation on (106.27 against 107.81). Without weight decay, 12,000
-  steps (59.5 and 30.9 minutes) gave -ELBO 105.80, IW NLL 103.61 (103.44 at S = 500,
-  results/ptb_gru_12k_wd0_iw500.json) and a language model at 103.77 (runs kept in runs/ptb_aside, not in git).
+  2,000-step evaluation on (106.27 against 107.81). Without weight decay, 12,000 steps (59.5 and 30.9 minutes)
+  gave -ELBO 105.80, IW NLL 103.61 (103.44 at S = 500, results/ptb_gru_12k_wd0_iw500.json) and a language model
+  at 103.77 (runs kept in runs/ptb_aside, not in git).
 - The issue's target is not reached. The discrete VAE gets -ELBO 103.72 on test (the target is 101.5; texar's
   LSTM VAE 102.10 after 100 epochs) with KL 5.27 (>= 5) and 16/16 latents active. The language model alone,
   trained the same 8,000 steps, reaches 102.04: the decoder is 0.54 nats above the target before the code's cost
