@@ -130,7 +130,7 @@ NOTES = """Notes on these rows (2 CPU cores, one run at a time with 2 threads; t
 - Run to run: the headline commands were run twice. The language model repeated itself to the last digit (101.74,
   the same validation curve); the discrete model did not (-ELBO 103.00 then 102.82, IW NLL at S = 500 101.58 then
   101.52; validation at 1,000 steps 113.13 then 113.24), so differences of 0.2 nats between discrete rows are
-  within one run's spread. A third start of the rerun's command repeated it bit for bit over 1,160 steps (training
+  within the run-to-run spread. A third start of the rerun's command repeated it bit for bit over 1,160 steps (training
   losses and the 1,000-step validation), as do two 200-step runs: the recipe is reproducible on this machine, and
   what made the first run differ is not known (its run folder was lost with that checkout).
 - Free bits 0.35 per latent (the recipe since the first 8,000-step row; 0.4 before), measured without weight decay
