@@ -186,3 +186,28 @@ def test_code_at_every_step_reaches_the_decoder_beyond_its_initial_state():
         torch.nn.init.zeros_(model.decoder.cond_to_h0.bias)
         a, b = (model(ids, mask, codes=c).rec for c in codes)
         assert torch.allclose(a, b) != every_step
+
+
+def test_weight_drop_masks_the_recurrent_weights_in_training_only():
+    """DropConnect: in training the decoder runs with one dropped (and rescaled) copy of W_hh per batch, whose
+    dropped entries get no gradient; in eval it is the plain GRU. No parameters are added, so checkpoints match."""
+    for bad in (dict(weight_drop=1.0), dict(weight_drop=-0.1), dict(decoder_type="transformer", weight_drop=0.3)):
+        with pytest.raises(ValueError, match="weight_drop"):
+            tiny(**bad)
+    ids, mask = batch()
+    torch.manual_seed(0)
+    dropped = TextDVAE(tiny(latent="none", weight_drop=0.5))
+    plain = TextDVAE(tiny(latent="none"))
+    plain.load_state_dict(dropped.state_dict())  # same keys: weight drop adds no parameters
+    assert torch.equal(dropped.eval()(ids, mask).rec, plain.eval()(ids, mask).rec)
+    torch.manual_seed(1)
+    rec = dropped.train()(ids, mask).rec  # latent none, dropout 0: the weight mask is the only randomness
+    torch.manual_seed(1)
+    w = torch.nn.functional.dropout(plain.decoder.rnn.weight_hh_l0.detach(), 0.5)
+    with torch.no_grad():
+        plain.decoder.rnn.weight_hh_l0.copy_(w)
+    assert torch.allclose(rec, plain.eval()(ids, mask).rec, atol=1e-5)
+    assert not torch.allclose(rec, dropped.eval()(ids, mask).rec)
+    rec.sum().backward()
+    grad = dropped.decoder.rnn.weight_hh_l0.grad
+    assert (grad[w == 0] == 0).all() and (grad[w != 0] != 0).float().mean() > 0.9

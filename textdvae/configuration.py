@@ -39,6 +39,9 @@ class TextDVAEConfig(PreTrainedConfig):
         num_heads (`int`, defaults to 4): attention heads (Transformer only); must divide `hidden_dim`.
         ffn_dim (`int`, defaults to 1024): inner width of the Transformer feed-forward blocks.
         dropout (`float`, defaults to 0.0): dropout on embeddings and between layers.
+        weight_drop (`float`, defaults to 0.0): DropConnect on the GRU decoder's recurrent (hidden-to-hidden) weights,
+            one mask per training batch (Merity et al. 2018, "Regularizing and Optimizing LSTM Language Models"):
+            regularises the recurrence itself, which dropout on inputs and outputs leaves alone.
         max_position_embeddings (`int`, defaults to 256): longest sequence (tokens) a Transformer can take.
         latent (`str`, defaults to `"categorical"`): `"categorical"` (N × K codes), `"gaussian"` (a continuous VAE,
             Bowman et al. 2016, the baseline) or `"none"` (the decoder alone: a language model, the other baseline).
@@ -71,6 +74,7 @@ class TextDVAEConfig(PreTrainedConfig):
     num_heads: int = 4
     ffn_dim: int = 1024
     dropout: float | int = 0.0
+    weight_drop: float | int = 0.0
     max_position_embeddings: int = 256
     latent: str = "categorical"
     num_latents: int = 8
@@ -103,6 +107,11 @@ class TextDVAEConfig(PreTrainedConfig):
                              "codes as a prefix at every step already); set model.decoder_type=gru or drop it")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.weight_drop < 1:
+            raise ValueError(f"model.weight_drop must be in [0, 1), got {self.weight_drop}")
+        if self.weight_drop and self.decoder_type != "gru":
+            raise ValueError(f"model.weight_drop={self.weight_drop} drops the GRU decoder's recurrent weights; "
+                             "set model.decoder_type=gru or model.weight_drop=0")
         if "transformer" in (self.encoder_type, self.decoder_type) and self.hidden_dim % self.num_heads:
             raise ValueError(f"model.num_heads={self.num_heads} must divide model.hidden_dim={self.hidden_dim}")
         cutoffs = self.adaptive_softmax_cutoffs

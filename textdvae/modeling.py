@@ -171,7 +171,7 @@ class GRUDecoder(nn.Module):
 
     def __init__(self, config: TextDVAEConfig, cond_size: int):
         super().__init__()
-        self.layers, self.H = config.decoder_layers, config.hidden_dim
+        self.layers, self.H, self.weight_drop = config.decoder_layers, config.hidden_dim, config.weight_drop
         self.rnn = nn.GRU(config.embed_dim, config.hidden_dim, config.decoder_layers, batch_first=True,
                           dropout=config.dropout if config.decoder_layers > 1 else 0.0)
         self.cond_to_h0 = self.cond_to_in = None
@@ -189,7 +189,12 @@ class GRUDecoder(nn.Module):
 
     def forward(self, emb: Tensor, state: dict) -> tuple[Tensor, dict]:
         x = emb if state["in"] is None else emb + state["in"]  # (B, T, E)
-        out, h = self.rnn(x, state["h"])  # (B, T, H)
+        if self.training and self.weight_drop > 0:  # DropConnect on W_hh, one mask per batch (Merity et al. 2018)
+            dropped = {f"weight_hh_l{i}": F.dropout(getattr(self.rnn, f"weight_hh_l{i}"), self.weight_drop)
+                       for i in range(self.layers)}
+            out, h = torch.func.functional_call(self.rnn, dropped, (x, state["h"]))  # (B, T, H)
+        else:
+            out, h = self.rnn(x, state["h"])  # (B, T, H)
         return out, {"h": h, "in": state["in"]}
 
 
