@@ -149,6 +149,13 @@ NOTES = """Notes on these rows (2 CPU cores, one run at a time with 2 threads; t
   decay 0.2, and the 12,000-step headline ran with the command above, as it stands. Both recipes set
   `max_steps: 12000`, so `textdvae train recipes/ptb_gru.yaml` alone trains the headline model. The language model
   has no latent, so its IW NLL is its exact NLL. Weight decay above 0.2 is not measured yet.
+- Decoder trials at weight decay 0.2, 12,000 steps, on the language model (the floor under the discrete row):
+  DropConnect 0.4 on the GRU's recurrent weights (`model.weight_drop=0.4`, Merity et al. 2018) gave 101.78 against
+  101.74 (validation 102.86 against 102.79): no gain. A second GRU layer at the same width (hidden 256, embeddings
+  256; `model.decoder_layers=2`, 0.20 s per step against 0.13) gave 101.21 (validation 102.22 against 102.79), the
+  first setting to put the language model under the target; the discrete model with two decoder layers is not run
+  yet (about 75 minutes at 12,000 steps), so the recipes keep one layer. These models overfit hard: at wd 0.2 the
+  one-layer language model's -ELBO is 84.65 on 4,000 training sentences against 102.69 on validation.
 - Tried and not adopted (the other trials above, all without weight decay, the recipes of their
   time): texar's regularisation, dropout 0.5 and a one-direction encoder (25 % faster steps, 12,000 steps in 53 minutes), ended at
   -ELBO 107.70 (IW NLL 104.72) against 105.80 for the recipe at 12,000 steps; the language model at dropout 0.5
