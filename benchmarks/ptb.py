@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PTB = ROOT.parent / "shared" / "data" / "ptb"
 RESULTS = ROOT / "benchmarks" / "results" / "ptb.json"
 TABLE = ROOT / "benchmarks" / "RESULTS.md"
+README = ROOT / "README.md"  # its PTB table is rewritten with RESULTS.md's, between these markers
+README_START, README_END = "<!-- ptb-table: written by benchmarks/ptb.py -->", "<!-- /ptb-table -->"
 TRIALS = ROOT / "benchmarks" / "results" / "ptb_trials.json"  # --override runs: measured, kept, never in the table
 OFFLINE = ["data.path=text", "data.text_column=text", f"data.data_files.train={PTB / 'train.txt'}",
            f"data.data_files.validation={PTB / 'valid.txt'}", f"data.data_files.test={PTB / 'test.txt'}"]
@@ -180,6 +182,32 @@ NOTES = """Notes on these rows (2 CPU cores, one run at a time with 2 threads; t
   always the true one (beta = 1)."""
 
 
+def _headline_table(rows: list[dict]) -> list[str]:
+    """The Markdown table of the recorded rows and the published anchors (RESULTS.md and the README share it)."""
+    lines = ["| variant | latent | estimator | N x K | -ELBO | IW NLL | S | PPL (IW) | KL | MI | active | BLEU | params | "
+             "minutes | steps | epochs |", "|" + "---|" * 16]
+    for r in rows:
+        nk = f"{r['num_latents']} x {r['num_categories']}" if r["latent"] == "categorical" else (
+            f"{r['num_latents']} dims" if r["latent"] == "gaussian" else "-")
+        lines.append(f"| {r['variant']} | {r['latent']} | {r['estimator'] or '-'} | {nk} | {-r['elbo']:.2f} | "
+                     f"{r['nll']:.2f} | {r['iw_samples']} | {r['ppl']:.2f} | {r['kl']:.2f} | {r['mi']:.2f} | "
+                     f"{r['active_latents']}/{r['num_latents']} | {r['rec_bleu']:.1f} | {r['params'] / 1e6:.2f}M | "
+                     f"{r['train_minutes']} | {r['steps']} | {r['epochs']} |")
+    for a in ANCHORS:
+        lines.append(f"| {a['variant']} | {a['latent']} | - | 32 dims | {a['nll_elbo']:.2f} | - | - | {a['ppl']:.2f} | - "
+                     f"| - | - | - | - | - | - | 100 |")
+    return lines
+
+
+def _sync_readme(table: list[str]) -> None:
+    """Replace the README's copy of the table (between the two markers) so the two can never disagree."""
+    text = README.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{README} lacks the markers {README_START} ... {README_END} around the PTB table")
+    README.write_text(text[:start + len(README_START)] + "\n" + "\n".join(table) + "\n" + text[end:])
+
+
 def write_table(rows: list[dict]) -> None:
     lines = ["# Penn Treebank results", "",
              "Test split (3,761 sentences, 82,430 tokens: words + end-of-sentence). NLL and ELBO in nats per sentence;",
@@ -189,18 +217,9 @@ def write_table(rows: list[dict]) -> None:
              "    python benchmarks/ptb.py --variants gru lm --max-steps 12000 --iw-samples 100",
              "    python benchmarks/ptb.py --variants gaussian est_gumbel_st est_gumbel est_reinmax est_reinforce "
              "--max-steps 400 --iw-samples 20", "",
-             "| variant | latent | estimator | N x K | -ELBO | IW NLL | S | PPL (IW) | KL | MI | active | BLEU | params | "
-             "minutes | steps | epochs |", "|" + "---|" * 16]
-    for r in rows:
-        nk = f"{r['num_latents']} x {r['num_categories']}" if r["latent"] == "categorical" else (
-            f"{r['num_latents']} dims" if r["latent"] == "gaussian" else "-")
-        lines.append(f"| {r['variant']} | {r['latent']} | {r['estimator'] or '-'} | {nk} | {-r['elbo']:.2f} | "
-                     f"{r['nll']:.2f} | {r['iw_samples']} | {r['ppl']:.2f} | {r['kl']:.2f} | {r['mi']:.2f} | {r['active_latents']}/"
-                     f"{r['num_latents']} | {r['rec_bleu']:.1f} | {r['params'] / 1e6:.2f}M | {r['train_minutes']} | "
-                     f"{r['steps']} | {r['epochs']} |")
-    for a in ANCHORS:
-        lines.append(f"| {a['variant']} | {a['latent']} | - | 32 dims | {a['nll_elbo']:.2f} | - | - | {a['ppl']:.2f} | - | - "
-                     f"| - | - | - | - | - | 100 |")
+             ]
+    table = _headline_table(rows)
+    lines += table
     trials = _read_rows(TRIALS)
     if trials:
         lines += ["", "## Trials (not adopted)", "",
@@ -216,6 +235,7 @@ def write_table(rows: list[dict]) -> None:
     lines += ["", NOTES, "", "Anchors: asyml/texar examples/vae_text, PTB test, LSTM hidden 256, embeddings 256, Gaussian latent 32, "
               "100 epochs; their NLL is the negative single-sample ELBO and their PPL is derived from it."]
     TABLE.write_text("\n".join(lines) + "\n")
+    _sync_readme(table)
 
 
 def _read_rows(path: Path) -> list[dict]:
