@@ -119,8 +119,9 @@ NOTES = """Notes on these rows (2 CPU cores, one run at a time with 2 threads; t
 - Steps: at weight decay 0.1, 12,000 steps against 8,000 gave the discrete model 103.45 against 103.72 (IW NLL
   101.82 at S = 500 for 8,000 steps, results/ptb_gru_8k_iw500.json) and the language model 101.92 against 102.04.
   At 0.2 the validation curves are flat past 9,000 steps again: discrete 103.76, 103.80, 103.76, 103.78 at 9,000 to
-  12,000; language model 102.69, 102.79, 102.76, 102.79 (one-layer runs; results/ptb_valid_curves.png now shows the two-layer discrete run). The language model at 0.2
-  did better at 8,000 steps (a trial: 101.56) than at 12,000 (101.74): a shorter cosine schedule is as good here.
+  12,000; language model 102.69, 102.79, 102.76, 102.79 (one-layer runs; results/ptb_valid_curves.png now shows
+  the two-layer discrete run). The language model at 0.2 did better at 8,000 steps (a trial: 101.56) than at
+  12,000 (101.74): a shorter cosine schedule is as good here.
   More steps of this model will not reach the target; the limit is what a hidden-256 GRU decoder with this
   regularisation learns from PTB, not the time budget.
 - The issue's target is not reached. The discrete VAE gets -ELBO 102.03 on test (the target is 101.5; texar's
@@ -225,8 +226,7 @@ def write_table(rows: list[dict]) -> None:
              "Commands:", "",
              "    python benchmarks/ptb.py --variants gru lm --max-steps 12000 --iw-samples 100",
              "    python benchmarks/ptb.py --variants gaussian est_gumbel_st est_gumbel est_reinmax est_reinforce "
-             "--max-steps 400 --iw-samples 20", "",
-             ]
+             "--max-steps 400 --iw-samples 20", ""]
     table = _headline_table(rows)
     lines += table
     trials = _read_rows(TRIALS)
