@@ -35,9 +35,10 @@ README_START, README_END = "<!-- ptb-table: written by benchmarks/ptb.py -->", "
 TRIALS = ROOT / "benchmarks" / "results" / "ptb_trials.json"  # --override runs: measured, kept, never in the table
 OFFLINE = ["data.path=text", "data.text_column=text", f"data.data_files.train={PTB / 'train.txt'}",
            f"data.data_files.validation={PTB / 'valid.txt'}", f"data.data_files.test={PTB / 'test.txt'}"]
-# the 400-step estimator rows ran before the recipe's free bits went from 0.4 to 0.35, its weight decay from 0 to
-# 0.2 and its decoder from one GRU layer to two: pinned so the command reproduces them
-EST_PIN = ["train.free_bits=0.4", "train.weight_decay=0.0", "model.decoder_layers=1"]
+# the 400-step estimator rows ran before the recipe's free bits went from 0.4 to 0.35 (then 0.67), its weight decay
+# from 0 to 0.2, its decoder from one GRU layer to two and its code from 16 latents to 8: pinned so the command
+# reproduces them
+EST_PIN = ["train.free_bits=0.4", "train.weight_decay=0.0", "model.decoder_layers=1", "model.num_latents=16"]
 VARIANTS = {  # name -> (recipe, extra overrides)
     "gru": ("ptb_gru", []),
     "transformer": ("ptb_transformer", []),
@@ -101,8 +102,8 @@ def _prod(shape) -> int:
 
 
 NOTES = """Notes on these rows (2 CPU cores, one run at a time with 2 threads; the machine otherwise idle):
-- Budgets: the headline `gru` and `lm` rows 12,000 steps of 128 sentences (36.5 epochs): 70.9 and 40.1 minutes with
-  the two-layer decoder (55.6 and 25.9 with one layer; 59.9 and 28.6 in a first run of those commands: the machine's
+- Budgets: the headline `gru` and `lm` rows 12,000 steps of 128 sentences (36.5 epochs): 61.4 and 40.1 minutes with
+  the two-layer decoder (the discrete model with 16 latents: 70.9; 55.6 and 25.9 with one layer; 59.9 and 28.6 in a first run of those commands: the machine's
   speed varies by about 10 %). The Gaussian row and the four `est_*` rows 400 steps (1.2 epochs), equal across
   estimators, without weight decay and with one decoder layer (the recipes of their time; `EST_PIN` keeps their
   command reproducing them).
@@ -119,22 +120,28 @@ NOTES = """Notes on these rows (2 CPU cores, one run at a time with 2 threads; t
 - Steps: at weight decay 0.1, 12,000 steps against 8,000 gave the discrete model 103.45 against 103.72 (IW NLL
   101.82 at S = 500 for 8,000 steps, results/ptb_gru_8k_iw500.json) and the language model 101.92 against 102.04.
   At 0.2 the validation curves are flat past 9,000 steps again: discrete 103.76, 103.80, 103.76, 103.78 at 9,000 to
-  12,000; language model 102.69, 102.79, 102.76, 102.79 (one-layer runs; results/ptb_valid_curves.png now shows
-  the two-layer runs). The language model at 0.2 did better at 8,000 steps (a trial: 101.56) than at
+  12,000; language model 102.69, 102.79, 102.76, 102.79 (one-layer runs). results/ptb_valid_curves.png now shows
+  the headline `gru` run (8 latents) alone: the plot is drawn from run folders, and the language model's did not
+  come with this checkout. Its two-layer curve, from its log: 110.47, 105.86, 104.21, 103.35, 102.90, 102.64,
+  102.56, 102.23, 102.14, 102.20, 102.20, 102.22 at 1,000 to 12,000 steps. The language model at 0.2 did better at 8,000 steps (a trial: 101.56) than at
   12,000 (101.74): a shorter cosine schedule is as good here.
   More steps of this model will not reach the target; the limit is what a hidden-256 GRU decoder with this
   regularisation learns from PTB, not the time budget.
-- The issue's target is not reached. The discrete VAE gets -ELBO 102.03 on test (the target is 101.5; texar's
-  LSTM VAE 102.10 after 100 epochs) with KL 5.35 (>= 5) and 16/16 latents active. The language model alone,
-  trained the same 12,000 steps with the same decoder, reaches 101.21: under the target, but the code costs 0.82
-  nats of ELBO on top of it (1.08 with one decoder layer). Validation: discrete 103.07, 103.01, 103.01 at 10,000
-  to 12,000 steps, flat, so more steps will not close the gap. Measured since and not closing it either (below):
-  a third decoder layer, weight decay 0.3, dropout 0.4, DropConnect, word dropout, free bits 0.33 (which trades KL
-  for reconstruction one for one) and the ReinMax estimator at the full budget (-ELBO 102.07). What is left to try
-  is a different decoder family or a cheaper code, not tuning.
-- Importance-sampled NLL of the discrete model: 100.82 with S = 100 (perplexity 99.47), against the language
-  model's 101.21 at the same 12,000 steps, decoder and weight decay: better by 0.39 nats. The code buys 4.54 nats
-  of reconstruction (96.68 against 101.21) for its 5.35 nats of KL. With one decoder layer: 101.60 at S = 100 and
+- The issue's target is not reached. The discrete VAE gets -ELBO 101.64 on test (the target is 101.5; texar's
+  LSTM VAE 102.10 after 100 epochs) with KL 5.13 (>= 5) and 8/8 latents active. The language model alone, trained
+  the same 12,000 steps with the same decoder, reaches 101.21: under the target, but the code costs 0.43 nats of
+  ELBO on top of it (0.82 with 16 latents, 1.08 with 16 latents and one decoder layer). Validation: 102.74, 102.69,
+  102.70 at 10,000 to 12,000 steps, flat, so more steps will not close the gap. What moved the row from 102.03 is
+  the size of the code (below: 8 latents of 16 categories instead of 16). Measured with 16 latents and not closing
+  it (below): a third decoder layer, weight decay 0.3, dropout 0.4, DropConnect, word dropout, free bits 0.33
+  (which trades KL for reconstruction one for one) and the ReinMax estimator at the full budget (-ELBO 102.07).
+  What is left: a learned prior can take at most 0.34 nats off (benchmarks/prior_gap.py, below), and would bring
+  the KL under 5; a different decoder family.
+- Importance-sampled NLL of the discrete model: 100.73 with S = 100 (perplexity 99.08), against the language
+  model's 101.21 at the same 12,000 steps, decoder and weight decay: better by 0.48 nats. The code buys 4.70 nats
+  of reconstruction (96.51 against 101.21) for its 5.13 nats of KL. At S = 500: 100.67 (`textdvae eval runs/ptb/gru/final
+  --iw-samples 500`, results/ptb_gru_8x16_iw500.json). With 16 latents: IW NLL 100.82, 4.54 nats of
+  reconstruction for 5.35 of KL. With one decoder layer: 101.60 at S = 100 and
   101.52 at the literature's S = 500 (`textdvae eval runs/ptb/gru/final --iw-samples 500`;
   results/ptb_gru_iw500.json, one-layer model); the two-layer model at S = 500: 100.75 (results/ptb_gru_l2_iw500.json).
 - The `lm` row is the headline command's run of the recipe as it now stands. It repeated the earlier trial of the
@@ -146,7 +153,31 @@ NOTES = """Notes on these rows (2 CPU cores, one run at a time with 2 threads; t
   within the run-to-run spread. A third start of the rerun's command repeated it bit for bit over 1,160 steps (training
   losses and the 1,000-step validation), as do two 200-step runs: the recipe is reproducible on this machine, and
   what made the first run differ is not known (its run folder was lost with that checkout).
-- Free bits 0.35 per latent (the recipe since the first 8,000-step row; 0.4 before), measured without weight decay
+- Code size, at the headline's recipe and budget otherwise (trials table; free bits scaled so that the code's
+  total stays at 5.4-5.6 nats): 16 latents (free bits 0.35, the earlier headline) -ELBO 102.03, KL 5.35, IW NLL
+  100.82, validation 103.01; 8 latents (`model.num_latents=8 train.free_bits=0.67`) 101.64, KL 5.13, IW NLL 100.73,
+  validation 102.70; 4 latents (`model.num_latents=4 train.free_bits=1.4`) 101.77, KL 5.49, IW NLL 100.73,
+  validation 102.63. Fewer, sharper latents waste less of what they carry: with 16, each latent held 0.33 of its
+  2.77 possible nats, a nearly uniform posterior whose sample is mostly noise to the decoder. The 8-latent
+  validation curve led the 16-latent one by 0.3 to 0.5 nats from 2,000 steps on (107.86, 104.96, 103.01 and 102.70
+  at 2,000, 4,000, 8,000 and 12,000 steps against 108.34, 105.22, 103.29 and 103.01). 8 and 4 latents are within
+  the run-to-run spread of each other (test 101.64 against 101.77; on validation the 4-latent model is 0.07
+  ahead); the recipe takes 8, which leaves interpolation and traversal twice the latents to move. The `gru` row is
+  the 8-latent trial's run (runs/ptb_trials/312958ee, copied to runs/ptb/gru and collected with `--collect`): the
+  recipe now holds exactly its settings, so the headline command runs the same computation. Training took 61.4
+  minutes with 8 latents, 50.4 with 4 and 70.9 with 16 (5.90M, 5.33M and 7.05M parameters: the code's projection
+  to the decoder's initial state is N x 256 wide); the code's own arithmetic is small beside the GRUs, and what
+  else made the runs differ in speed was not measured.
+- The uniform prior's share of the KL (`python benchmarks/prior_gap.py runs/ptb/gru/final --json
+  benchmarks/results/ptb_prior_gap.json`): re-scoring the test codes of the headline model under priors fitted to
+  the training sentences' posteriors, with its encoder and decoder unchanged, gives KL 5.10 (uniform), 4.97 (the
+  product of the per-latent code frequencies) and 4.76 (the mixture of all 42,068 training posteriors, the
+  aggregate posterior) and -ELBO 101.64, 101.52 and 101.30. So 0.12 nats of the KL pay for uneven code frequencies
+  and 0.22 for dependence between the latents, which no factorised prior can express: a learned (e.g.
+  autoregressive) prior could take at most about 0.34 nats off the ELBO, to 101.30, under the target, but only by
+  bringing the KL to 4.76, under the issue's floor of 5. The rest of the code's 0.43-nat cost over the language model
+  is the gap between the ELBO and the IW NLL (0.91 nats): the factorised posterior against the true one.
+- Free bits 0.35 per latent (the recipe with 16 latents, from the first 8,000-step row; 0.4 before), measured without weight decay
   at 8,000 steps: the KL settles at 5.20 instead of 5.86 and the reconstruction is 0.3 nats worse (101.19 against
   100.88), so the ELBO gains 0.35 nats (106.39 against 106.74; validation 107.39 against 107.79). The last 0.66
   nats of KL bought 0.31 nats of reconstruction, less than they cost; the issue's floor of KL >= 5 leaves little
@@ -157,14 +188,15 @@ NOTES = """Notes on these rows (2 CPU cores, one run at a time with 2 threads; t
   and reconstruction 96.94 against 96.68, IW NLL 100.83 against 100.82. Here the last quarter nat of KL buys the
   same quarter nat of reconstruction: the ELBO is flat in the rate between KL 5.1 and 5.35, so the issue's floor
   of KL >= 5 leaves nothing to gain on the rate axis. 0.35 stays (it keeps KL clear of the floor).
-- MI (5.32) is close to the KL (5.35): nearly all of the KL the discrete model pays is information about the
-  sentence. The Gaussian VAE at 400 steps pays KL 16.1 for MI 8.0 and is 4 nats behind the discrete models there.
+- MI (5.00) is close to the KL (5.13; with 16 latents 5.32 and 5.35): nearly all of the KL the discrete model pays
+  is information about the sentence, per latent (the joint dependence between latents is the prior-gap bullet). The Gaussian VAE at 400 steps pays KL 16.1 for MI 8.0 and is 4 nats behind the discrete models there.
 - What moved the discrete row from 127.68 (1,500 steps, an earlier table) is mostly the decoder: the code now sets
   the GRU's initial state only. Added to every input as well it made the decoder worse than the language model
   (benchmarks/conditioning.py, validation after 300 steps: rec 131.5 with it, 119.4 without, 121.3 for the LM).
 - How the headline was chosen: the weight-decay runs at 8,000 steps ran first as trials (`train.weight_decay=0.1`;
   then 0.2 on the language model, the last trial above, whose setting was adopted); the recipes then took weight
-  decay 0.2, and the 12,000-step headline ran with the command above, as it stands. Both recipes set
+  decay 0.2, and the 12,000-step headline ran with the command above. Last, the code size ran as trials (8 and 4
+  latents, above) and the recipe took the 8-latent trial's settings; its run is the `gru` row. Both recipes set
   `max_steps: 12000`, so `textdvae train recipes/ptb_gru.yaml` alone trains the headline model. The language model
   has no latent, so its IW NLL is its exact NLL. Weight decay 0.3 (two layers): below.
 - Decoder trials at weight decay 0.2, 12,000 steps, on the language model (the floor under the discrete row):
@@ -257,9 +289,11 @@ def write_table(rows: list[dict]) -> None:
     lines += table
     trials = _read_rows(TRIALS)
     if trials:
-        lines += ["", "## Trials (not adopted)", "",
+        lines += ["", "## Trials", "",
                   "Runs with `--override` (e.g. `python benchmarks/ptb.py --variants gru --max-steps 12000 --override "
-                  "model.dropout=0.5`), recorded in results/ptb_trials.json and never merged into the table above.", "",
+                  "model.dropout=0.5`), recorded in results/ptb_trials.json and never merged into the table above. "
+                  "Each is the recipe of its time plus its overrides; the one adopted since (8 latents) is the `gru` "
+                  "row's run, as the notes say.", "",
                   "| variant | overrides | steps | valid -ELBO | test -ELBO | IW NLL | S | KL | MI | minutes |",
                   "|" + "---|" * 10]
         for t in trials:
