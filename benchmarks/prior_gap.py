@@ -34,10 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PTB = ROOT.parent / "shared" / "data" / "ptb"
-OFFLINE = ["output_dir=unused", "data.path=text", "data.text_column=text",
-           f"data.data_files.train={PTB / 'train.txt'}", f"data.data_files.validation={PTB / 'valid.txt'}",
-           f"data.data_files.test={PTB / 'test.txt'}"]
+from ptb import OFFLINE  # noqa: E402  the local PTB files, as benchmarks/ptb.py trains on them
 
 
 @torch.no_grad()
@@ -115,7 +112,7 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     if model.config.latent != "categorical":
         sys.exit(f"prior_gap.py: {args.model} has latent={model.config.latent!r}; it measures categorical codes")
-    data = prepare_data(recipe_lib.load(Path(args.model) / "recipe.yaml", OFFLINE), tokenizer)
+    data = prepare_data(recipe_lib.load(Path(args.model) / "recipe.yaml", ["output_dir=unused", *OFFLINE]), tokenizer)
     res = prior_gap(model, data.splits["train"], data.splits["test"], samples=args.samples)
     res["model"] = args.model
     print(f"PTB test, {res['n_test']} sentences x {args.samples} codes; priors fitted on {res['n_train']} training "
