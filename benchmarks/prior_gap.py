@@ -12,7 +12,8 @@ uniform. With factorised posteriors that distance has two parts: the per-latent 
 the latents depending on each other across sentences (the total correlation of q(z)), which no factorised prior
 can express. This script measures both on held-out sentences, with the trained encoder and decoder unchanged:
 each row is the test ELBO of the same model under another prior fitted to the training sentences' posteriors,
-  - `uniform`: the model's own prior, p(z) = K^-N;
+  - `uniform`: p(z) = K^-N, the default model prior;
+  - `learned`: the model's own autoregressive prior, for a model trained with `model.prior=autoregressive`;
   - `marginals`: the product of the training set's per-latent code frequencies, prod_i q(z_i);
   - `aggregate`: the mixture of every training sentence's posterior, (1/M) sum_m q(z|x_m) (Tomczak & Welling
     2018's VampPrior with all M training sentences as pseudo-inputs; the prior that minimises the training KL).
@@ -70,7 +71,8 @@ def prior_gap(model, train: list[list[int]], test: list[list[int]], samples: int
     log_q_train = posterior_log_probs(model, train, batch_size)  # (M, N, K)
     log_marg = log_q_train.exp().mean(0).log()  # (N, K) training code frequencies, log q(z_i)
     gen = torch.Generator().manual_seed(seed)
-    sums = {"rec": 0.0, "log_q": 0.0, "uniform": 0.0, "marginals": 0.0, "aggregate": 0.0, "n": 0}
+    priors = ["uniform", *(["learned"] if model.code_prior is not None else []), "marginals", "aggregate"]
+    sums = {"rec": 0.0, "log_q": 0.0, "n": 0, **{p: 0.0 for p in priors}}
     kl_exact = 0.0
     for _, batch in iterate_batches(test, batch_size, model.config.pad_token_id):
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -84,12 +86,14 @@ def prior_gap(model, train: list[list[int]], test: list[list[int]], samples: int
             lq = (one_hot * log_q).sum((1, 2))  # (b,) log q(z | x)
             sums["log_q"] += lq.sum().item()
             sums["uniform"] += (lq + N * math.log(K)).sum().item()
+            if "learned" in sums:
+                sums["learned"] += (lq - model.log_prior(one_hot)).sum().item()
             sums["marginals"] += (lq - (one_hot * log_marg).sum((1, 2))).sum().item()
             sums["aggregate"] += (lq - log_mixture(codes, log_q_train)).sum().item()
             sums["n"] += codes.size(0)
     n = sums["n"]
     rec = sums["rec"] / n
-    rows = [{"prior": p, "kl": sums[p] / n, "neg_elbo": rec + sums[p] / n} for p in ("uniform", "marginals", "aggregate")]
+    rows = [{"prior": p, "kl": sums[p] / n, "neg_elbo": rec + sums[p] / n} for p in priors]
     for r in rows:
         r["saving"] = rows[0]["neg_elbo"] - r["neg_elbo"]
     return {"rec": rec, "kl_uniform_exact": kl_exact / (n / samples), "samples": samples, "n_test": len(test),

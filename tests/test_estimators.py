@@ -17,6 +17,7 @@ from textdvae.estimators import (
     gaussian_kl,
     gaussian_sample,
     gumbel_softmax,
+    kl_categorical,
     kl_to_uniform,
     leave_one_out_baseline,
     log_prob_of_codes,
@@ -108,6 +109,15 @@ def test_kl_to_uniform_agrees_with_monte_carlo_within_4_se() -> None:
     samples = log_prob_of_codes(logits, codes).double() + N * math.log(K)
     standard_error = samples.std() / math.sqrt(batch)
     assert (samples.mean() - kl_to_uniform(LOGITS).sum().double()).abs() < 4 * standard_error
+
+
+def test_kl_categorical_matches_the_definition_and_reduces_to_kl_to_uniform() -> None:
+    q, p = LOGITS.double(), W.double()
+    pq, pp = torch.softmax(q, -1), torch.softmax(p, -1)
+    torch.testing.assert_close(kl_categorical(q, p), (pq * torch.log(pq / pp)).sum(-1), atol=1e-12, rtol=0)
+    torch.testing.assert_close(kl_categorical(q, torch.zeros_like(p)), kl_to_uniform(q), atol=1e-12, rtol=0)
+    assert kl_categorical(q, q + 5.0).abs().max() < 1e-12  # logits are up to a constant
+    assert torch.all(kl_categorical(q, p) > 0)
 
 
 def test_log_prob_of_codes_matches_enumeration() -> None:

@@ -1,12 +1,13 @@
 """The model on a tiny config: shapes, padding, gradients, save/load, and that it really learns."""
 
+import itertools
 import math
 
 import pytest
 import torch
 
 from textdvae import TextDVAE, TextDVAEConfig
-from textdvae.estimators import kl_to_uniform
+from textdvae.estimators import kl_to_uniform, log_prob_of_codes, sample_categorical
 
 PAIRS = [(e, d) for e in ("gru", "transformer") for d in ("gru", "transformer")]
 
@@ -131,12 +132,13 @@ def test_adaptive_softmax_is_exact_and_tying_shares_weights(div_value):
         tiny(adaptive_softmax_cutoffs=[10], adaptive_softmax_div_value=0.5)
 
 
-@pytest.mark.parametrize("estimator", ["gumbel", "gumbel_st", "reinmax", "reinforce"])
-def test_a_tiny_model_learns_to_reconstruct(estimator):
+@pytest.mark.parametrize("estimator,prior", [("gumbel", "uniform"), ("gumbel_st", "uniform"), ("reinmax", "uniform"),
+                                             ("reinforce", "uniform"), ("gumbel_st", "autoregressive")])
+def test_a_tiny_model_learns_to_reconstruct(estimator, prior):
     """4 sentences, 2 latents x 4 categories. Without the codes the decoder can do no better than log 4 nats per
     sentence (it cannot tell which sentence to write); a model that learned to use them gets far below that."""
     torch.manual_seed(0)
-    model = TextDVAE(tiny(num_latents=2, num_categories=4, estimator=estimator))
+    model = TextDVAE(tiny(num_latents=2, num_categories=4, estimator=estimator, prior=prior))
     ids = torch.tensor([[5, 6, 7, 2], [8, 9, 10, 2], [11, 12, 13, 2], [14, 15, 16, 2]]).repeat(8, 1)  # 8 samples each
     mask = torch.ones_like(ids)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -211,3 +213,84 @@ def test_weight_drop_masks_the_recurrent_weights_in_training_only():
     rec.sum().backward()
     grad = dropped.decoder.rnn.weight_hh_l0.grad
     assert (grad[w == 0] == 0).all() and (grad[w != 0] != 0).float().mean() > 0.9
+
+
+# ---- the learned prior (prior="autoregressive") ------------------------------------------------------------------
+
+
+def all_codes(N=3, K=4) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(list(itertools.product(range(K), repeat=N))), K).float()  # (K^N, N, K)
+
+
+def ar_model(seed=0) -> TextDVAE:
+    """A tiny model whose prior is far from uniform (random output layer instead of the zero start)."""
+    torch.manual_seed(seed)
+    model = TextDVAE(tiny(prior="autoregressive")).eval()
+    with torch.no_grad():
+        for p in model.code_prior.parameters():
+            p.normal_(0.0, 1.0)
+    return model
+
+
+def test_autoregressive_prior_sees_only_earlier_latents_sums_to_one_and_samples_itself():
+    model = ar_model()
+    codes = all_codes()
+    assert TextDVAE(tiny(prior="autoregressive")).log_prior(codes).exp().allclose(torch.full((64,), 1 / 64))  # starts uniform
+    # output i depends on the codes of latents j < i only
+    x = codes[:1].clone().requires_grad_(True)
+    logits = model.code_prior(x)  # (1, N, K)
+    for i in range(3):
+        (grad,) = torch.autograd.grad(logits[0, i].sum(), x, retain_graph=True)
+        seen = grad.abs().sum(-1)[0]  # (N,)
+        assert torch.all(seen[i:] == 0) and torch.all(seen[:i] > 0), (i, seen)
+    # a normalised distribution over all K^N codes, far from uniform
+    p = model.log_prior(codes).exp().detach()  # (64,)
+    assert abs(p.sum().item() - 1) < 1e-5 and 0.5 * (p - 1 / 64).abs().sum() > 0.2
+    # ancestral samples have its frequencies: total variation within sampling noise (<= 0.023 at n = 20,000)
+    s = model.sample_prior(20_000, torch.Generator().manual_seed(0))  # (n, N)
+    freq = torch.bincount(s[:, 0] * 16 + s[:, 1] * 4 + s[:, 2], minlength=64).float() / 20_000
+    assert 0.5 * (freq - p).abs().sum() < 0.023
+
+
+def test_learned_prior_kl_is_an_unbiased_one_sample_estimate_of_the_exact_kl():
+    """sum_i KL(q_i || p(. | z_<i)) at z ~ q, averaged over samples, is KL(q(z|x) || p(z)) by enumeration."""
+    model = ar_model()
+    ids, mask = batch(B=1)
+    q_logits, _ = model.posterior(ids, mask)  # (1, N, K)
+    codes = all_codes()
+    log_q = log_prob_of_codes(q_logits.expand(64, -1, -1), codes)  # (64,)
+    exact = (log_q.exp() * (log_q - model.log_prior(codes))).sum().item()
+    assert abs(exact - kl_to_uniform(q_logits).sum().item()) > 0.3  # the learned prior changes the KL
+    n = 100_000
+    samples = sample_categorical(q_logits.expand(n, -1, -1), torch.Generator().manual_seed(0))  # (n, N, K)
+    estimate = model.code_kl(q_logits.expand(n, -1, -1), samples).sum(1).detach().double()  # (n,)
+    assert abs(estimate.mean().item() - exact) < 4 * estimate.std().item() / math.sqrt(n)
+
+
+def test_learned_prior_enters_the_likelihood_bounds_and_survives_save_and_load(tmp_path):
+    """Exact log p(x) (enumeration) >= ELBO, and the importance-sampled estimate converges to it."""
+    from textdvae.evaluation import exact_log_likelihood, log_importance_weights
+
+    model = ar_model()
+    ids, mask = batch(B=2)
+    with torch.no_grad():
+        exact = exact_log_likelihood(model, ids, mask)  # (B,)
+        q_logits, _ = model.posterior(ids, mask)
+        logw = log_importance_weights(model, ids, mask, q_logits, 4000, torch.Generator().manual_seed(0))  # (B, S)
+    iw = torch.logsumexp(logw, 1) - math.log(4000)
+    assert torch.allclose(iw, exact, atol=0.05), (iw, exact)
+    assert torch.all(logw.mean(1) <= exact + 1e-4)  # the ELBO (mean log weight) bounds log p(x) from below
+    model.save_pretrained(tmp_path)
+    loaded = TextDVAE.from_pretrained(tmp_path).eval()
+    assert loaded.config.prior == "autoregressive"
+    codes = all_codes()
+    assert torch.equal(model.log_prior(codes), loaded.log_prior(codes))
+
+
+def test_learned_prior_rejects_what_it_cannot_train():
+    with pytest.raises(ValueError, match="model.prior='autoregressive' is a prior over categorical codes.*gaussian"):
+        tiny(prior="autoregressive", latent="gaussian")
+    with pytest.raises(ValueError, match="not supported with model.estimator=reinforce"):
+        tiny(prior="autoregressive", estimator="reinforce")
+    with pytest.raises(ValueError, match="model.prior='vamp' is not one of uniform, autoregressive"):
+        tiny(prior="vamp")

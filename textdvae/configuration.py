@@ -15,6 +15,7 @@ ENCODER_TYPES = ("gru", "transformer")
 DECODER_TYPES = ("gru", "transformer")
 LATENT_TYPES = ("categorical", "gaussian", "none")
 ESTIMATORS = ("gumbel", "gumbel_st", "reinmax", "reinforce")
+PRIORS = ("uniform", "autoregressive")
 
 
 @strict
@@ -51,6 +52,12 @@ class TextDVAEConfig(PreTrainedConfig):
         estimator (`str`, defaults to `"gumbel_st"`): gradient estimator for the categorical codes: `"gumbel"`
             (relaxed Gumbel-Softmax), `"gumbel_st"` (straight-through), `"reinmax"` (Liu et al. 2023; τ ≥ 1), or
             `"reinforce"` (score function with a learned baseline).
+        prior (`str`, defaults to `"uniform"`): the prior p(z) over categorical codes. `"uniform"`: p(z) = K^-N, and
+            the KL is exact, N log K - sum_i H(q(z_i | x)) (Jeffares & Liu 2025). `"autoregressive"`: a learned
+            p(z) = prod_i p(z_i | z_<i), a masked MLP (MADE, Germain et al. 2015) of width `hidden_dim` trained
+            with the rest of the model; it can put its mass where the codes actually fall (a uniform prior pays
+            for uneven code use and for dependence between latents), and each latent's KL term is then exact given
+            one sample of the latents before it (see `estimators.kl_categorical`). Not with `"reinforce"`.
         tie_embeddings (`bool`, defaults to `False`): share the decoder's output matrix with the token embeddings.
         adaptive_softmax_cutoffs (`list[int]`, *optional*): token-id cutoffs of an adaptive softmax (Grave et al.
             2017): exact probabilities at a fraction of the cost for large vocabularies whose ids are sorted by
@@ -81,6 +88,7 @@ class TextDVAEConfig(PreTrainedConfig):
     num_categories: int = 16
     latent_dim: int = 32
     estimator: str = "gumbel_st"
+    prior: str = "uniform"
     tie_embeddings: bool = False
     adaptive_softmax_cutoffs: list[int] | None = None
     adaptive_softmax_div_value: float | int = 4.0
@@ -95,6 +103,14 @@ class TextDVAEConfig(PreTrainedConfig):
         _choice("decoder_type", self.decoder_type, DECODER_TYPES)
         _choice("latent", self.latent, LATENT_TYPES)
         _choice("estimator", self.estimator, ESTIMATORS)
+        _choice("prior", self.prior, PRIORS)
+        if self.prior != "uniform" and self.latent != "categorical":
+            raise ValueError(f"model.prior={self.prior!r} is a prior over categorical codes, but model.latent="
+                             f"{self.latent!r}; set model.latent=categorical or drop model.prior")
+        if self.prior != "uniform" and self.estimator == "reinforce":
+            raise ValueError(f"model.prior={self.prior!r} is not supported with model.estimator=reinforce: the KL to "
+                             "a learned prior depends on the sampled codes, which the score-function surrogate does "
+                             "not differentiate; use gumbel, gumbel_st or reinmax, or model.prior=uniform")
         for key in ("vocab_size", "embed_dim", "hidden_dim", "encoder_layers", "decoder_layers", "num_heads", "ffn_dim",
                     "max_position_embeddings", "num_latents", "latent_dim"):
             if getattr(self, key) < 1:

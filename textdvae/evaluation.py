@@ -4,7 +4,8 @@ Nats per sentence throughout (sums over tokens, end-of-sentence included). With 
 is a word (plus EOS), so `ppl` is the word-level perplexity that PTB papers report.
 
 - `elbo`, `rec`, `kl`, `kl_per_latent`: one discrete sample z ~ q(z|x) per sentence, whatever the training
-  estimator, so every model is scored on the same bound.
+  estimator, so every model is scored on the same bound. The KL is exact for a uniform prior; for a learned
+  autoregressive prior each latent's term is exact given the sampled latents before it (an unbiased estimate).
 - `nll`: -log p(x) by importance sampling with q as proposal (Burda et al. 2016, arXiv:1509.00519), S samples.
 - `nll_exact`: -log p(x) = -logsumexp_z [log p(x|z) + log p(z)] over all K^N codes, when K^N <= `exact_limit` and
   the whole enumeration (sentences x K^N decoder passes) stays within `exact_budget`; otherwise it is skipped
@@ -96,7 +97,7 @@ def log_importance_weights(model, input_ids: Tensor, mask: Tensor, params: Tenso
     if model.config.latent == "categorical":
         logits = params.repeat_interleave(samples, 0)  # (B*S, N, K)
         codes = sample_categorical(logits, generator)  # (B*S, N, K)
-        log_prior = -model.config.num_latents * math.log(model.config.num_categories)
+        log_prior = model.log_prior(codes)  # (B*S,)
         log_q = log_prob_of_codes(logits, codes)  # (B*S,)
     else:
         mu, logvar = (t.repeat_interleave(samples, 0) for t in params.unbind(-1))  # (B*S, Dz)
@@ -112,7 +113,7 @@ def _normal_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 def exact_log_likelihood(model, input_ids: Tensor, mask: Tensor, chunk: int = 4096) -> Tensor:
-    """log p(x) = logsumexp over all K^N codes of log p(x|z) - N log K, for each sentence: (B,)."""
+    """log p(x) = logsumexp over all K^N codes of log p(x|z) + log p(z), for each sentence: (B,)."""
     N, K = model.config.num_latents, model.config.num_categories
     dev = input_ids.device
     total = K ** N
@@ -124,8 +125,9 @@ def exact_log_likelihood(model, input_ids: Tensor, mask: Tensor, chunk: int = 40
             digits = torch.stack([(idx // K ** (N - 1 - i)) % K for i in range(N)], dim=1)  # (C, N)
             codes = F.one_hot(digits, K).float()  # (C, N, K)
             C = codes.size(0)
-            parts.append(-model.reconstruction(input_ids[b:b + 1].expand(C, -1), mask[b:b + 1].expand(C, -1), codes))
-        per_sentence.append(torch.logsumexp(torch.cat(parts), 0) - N * math.log(K))
+            log_px_z = -model.reconstruction(input_ids[b:b + 1].expand(C, -1), mask[b:b + 1].expand(C, -1), codes)
+            parts.append(log_px_z + model.log_prior(codes))  # (C,)
+        per_sentence.append(torch.logsumexp(torch.cat(parts), 0))
     return torch.stack(per_sentence)
 
 

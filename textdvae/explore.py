@@ -336,13 +336,13 @@ def reconstruct(model, texts: list[str], **decode_kwargs) -> list[str]:
 
 @torch.no_grad()
 def sample(model, n: int, generator: torch.Generator | None = None, **decode_kwargs) -> tuple[list[str], Tensor | None]:
-    """n codes from the prior p(z) (uniform categorical; N(0, I) for a Gaussian model) -> (texts, codes (n, N) or
-    z (n, Dz); None without a latent)."""
+    """n codes from the prior p(z) (uniform or the learned autoregressive prior; N(0, I) for a Gaussian model)
+    -> (texts, codes (n, N) or z (n, Dz); None without a latent)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     c = model.config
     if c.latent == "categorical":
-        codes = torch.randint(0, c.num_categories, (n, c.num_latents), generator=generator, device="cpu")
+        codes = model.sample_prior(n, generator)
     elif c.latent == "gaussian":
         codes = torch.randn(n, c.latent_dim, generator=generator, device="cpu")
     else:

@@ -7,6 +7,8 @@
 The objective is the ELBO (Kingma & Welling 2014; for categorical latents with a uniform prior see Jeffares &
 Liu 2025, "An Introduction to Discrete Variational Autoencoders"):
     log p(x) >= E_q[log p(x | z)] - KL(q(z | x) || p(z)),   KL = sum_i (log K - H(q(z_i | x))) exactly.
+With ``prior="autoregressive"`` p(z) = prod_i p(z_i | z_<i) is learned too (a MADE over the codes) and the KL is
+sum_i KL(q(z_i | x) || p(z_i | z_<i)) at one sample z ~ q: each term exact, the sum an unbiased estimate.
 Baselines share the same code: ``latent="gaussian"`` (Bowman et al. 2016) and ``latent="none"`` (a language model).
 
 Letters: B batch, T tokens, N latent variables, K categories, D model width, E embedding width, V vocabulary,
@@ -27,8 +29,9 @@ from transformers.utils import ModelOutput
 
 from . import explore
 from .configuration import TextDVAEConfig
-from .estimators import (gaussian_kl, gaussian_sample, gumbel_softmax, kl_to_uniform, leave_one_out_baseline,
-                         log_prob_of_codes, reinmax, sample_categorical, score_function_surrogate)
+from .estimators import (gaussian_kl, gaussian_sample, gumbel_softmax, kl_categorical, kl_to_uniform,
+                         leave_one_out_baseline, log_prob_of_codes, reinmax, sample_categorical,
+                         score_function_surrogate)
 from .schedules import free_bits as free_bits_objective
 
 
@@ -38,7 +41,7 @@ class TextDVAEOutput(ModelOutput):
 
     loss: Tensor | None = None  # () the training objective: mean_B rec + beta * free_bits(KL_i) (+ REINFORCE terms)
     rec: Tensor | None = None  # (B,) -log p(x | z), nats per sentence
-    kl: Tensor | None = None  # (B,) KL(q(z | x) || p(z)), nats per sentence
+    kl: Tensor | None = None  # (B,) KL(q(z | x) || p(z)), nats per sentence (one-sample estimate if p is learned)
     kl_per_latent: Tensor | None = None  # (B, N) categorical, or (B, Dz) Gaussian dimensions
     logits: Tensor | None = None  # (B, T, V) next-token log-probabilities; only with output_logits=True
     latent_logits: Tensor | None = None  # (B, N, K) posterior logits of q(z | x) (categorical)
@@ -222,6 +225,49 @@ class TransformerDecoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# A learned prior over the codes
+
+
+class AutoregressivePrior(nn.Module):
+    """p(z) = prod_i p(z_i | z_<i) over N latents of K categories: MADE (Germain et al. 2015, "MADE: Masked
+    Autoencoder for Distribution Estimation", arXiv:1502.03509), an MLP whose weight masks let output i see only the
+    inputs of latents before i, so one pass gives every conditional. Latent 0's output sees no input: its bias is
+    the marginal p(z_0). The output layer starts at zero, so training starts from the uniform prior."""
+
+    def __init__(self, num_latents: int, num_categories: int, hidden_dim: int):
+        super().__init__()
+        self.N, self.K = num_latents, num_categories
+        self.hidden = nn.ModuleList([nn.Linear(self.N * self.K, hidden_dim), nn.Linear(hidden_dim, hidden_dim)])
+        self.out_weight = nn.Parameter(torch.empty(self.N * self.K, hidden_dim))
+        self.out_bias = nn.Parameter(torch.empty(self.N * self.K))
+
+    def masks(self, device: torch.device) -> list[Tensor]:
+        """MADE's degrees: input/output unit (i, k) has degree i; hidden unit h may see latents <= h mod (N - 1)."""
+        d_io = torch.arange(self.N, device=device).repeat_interleave(self.K)  # (N*K,)
+        d_h = torch.arange(self.hidden[0].out_features, device=device) % max(self.N - 1, 1)  # (H,)
+        return [d_h[:, None] >= d_io[None], d_h[:, None] >= d_h[None], d_io[:, None] > d_h[None]]  # (out, in) each
+
+    def forward(self, codes: Tensor) -> Tensor:
+        """Codes (B, N, K), one-hot or relaxed -> logits (B, N, K) of p(z_i | z_<i)."""
+        x = codes.flatten(1)  # (B, N*K)
+        m_in, m_hid, m_out = self.masks(x.device)
+        x = F.gelu(F.linear(x, self.hidden[0].weight * m_in, self.hidden[0].bias))  # (B, H)
+        x = F.gelu(F.linear(x, self.hidden[1].weight * m_hid, self.hidden[1].bias))  # (B, H)
+        return F.linear(x, self.out_weight * m_out, self.out_bias).view(-1, self.N, self.K)  # (B, N, K)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Ancestral sampling, latent by latent: n codes (n, N) of category indices."""
+        dev = self.out_bias.device
+        codes = torch.zeros(n, self.N, self.K, device=dev)  # (n, N, K) one-hot, filled left to right
+        for i in range(self.N):
+            logits = self(codes)[:, i]  # (n, K) p(z_i | z_<i): later latents are not seen
+            gen_dev = generator.device if generator is not None else dev
+            codes[:, i] = sample_categorical(logits.to(gen_dev), generator).to(dev)
+        return codes.argmax(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 
 class TextDVAEPreTrainedModel(PreTrainedModel):
@@ -245,6 +291,9 @@ class TextDVAEPreTrainedModel(PreTrainedModel):
             bound = 1.0 / math.sqrt(module.hidden_size)
             for param in module.parameters():
                 init.uniform_(param, -bound, bound)
+        elif isinstance(module, AutoregressivePrior):  # start from the uniform prior (see the class)
+            init.zeros_(module.out_weight)
+            init.zeros_(module.out_bias)
         elif isinstance(module, TextDVAE):
             if module.code_embed is not None:
                 init.normal_(module.code_embed, mean=0.0, std=1.0)
@@ -266,10 +315,13 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
             self.to_posterior = nn.Linear(self.encoder.out_dim, out)
         # latent -> M conditioning vectors of width D
         self.code_embed = None  # (N, K, D): each latent variable has its own code embedding table
+        self.code_prior = None  # a learned p(z) (prior="autoregressive"); None: uniform
         self.baseline = None
         self.register_buffer("baseline_mean", torch.zeros(()) if c.estimator == "reinforce" else None)
         if c.latent == "categorical":
             self.code_embed = nn.Parameter(torch.empty(c.num_latents, c.num_categories, c.hidden_dim))
+            if c.prior == "autoregressive":
+                self.code_prior = AutoregressivePrior(c.num_latents, c.num_categories, c.hidden_dim)
             if c.estimator == "reinforce":  # running mean + learned input-dependent correction (Mnih & Gregor 2014)
                 self.baseline = nn.Linear(self.encoder.out_dim, 1)
         elif c.latent == "gaussian":
@@ -299,6 +351,29 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         if self.config.latent == "categorical":
             return params.view(-1, self.config.num_latents, self.config.num_categories), pooled  # (B, N, K)
         return params.view(-1, 2, self.config.latent_dim).transpose(1, 2), pooled  # (B, Dz, 2)
+
+    def code_kl(self, latent_logits: Tensor, codes: Tensor) -> Tensor:
+        """KL term of each latent, (B, N, K) posterior logits and the codes sampled from them -> (B, N): exact
+        log K - H(q(z_i | x)) for the uniform prior; KL(q(z_i | x) || p(z_i | z_<i)) at the sampled z_<i for a
+        learned one (its sum over i is an unbiased estimate of KL(q(z | x) || p(z)), see kl_categorical)."""
+        if self.code_prior is None:
+            return kl_to_uniform(latent_logits)
+        return kl_categorical(latent_logits, self.code_prior(codes))
+
+    def log_prior(self, codes: Tensor) -> Tensor:
+        """log p(z) of one-hot codes (B, N, K) -> (B,)."""
+        if self.code_prior is None:
+            return codes.new_full(codes.shape[:1], -self.config.num_latents * math.log(self.config.num_categories))
+        return log_prob_of_codes(self.code_prior(codes), codes)
+
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n codes (n, N) of category indices drawn from p(z), on the model's device."""
+        c = self.config
+        if self.code_prior is None:
+            codes = torch.randint(0, c.num_categories, (n, c.num_latents), generator=generator,
+                                  device=generator.device if generator is not None else "cpu")
+            return codes.to(self.code_embed.device)
+        return self.code_prior.sample(n, generator)
 
     def condition(self, codes: Tensor | None) -> Tensor | None:
         """Codes (B, N, K) one-hot or soft -> (B, N, D) code embeddings; Gaussian z (B, Dz) -> (B, 1, D)."""
@@ -395,7 +470,7 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
             if c.latent == "categorical":
                 latent_logits = params  # (B, N, K)
                 codes = self.sample_codes(latent_logits, tau, generator)  # (B, N, K)
-                kl_per_latent = kl_to_uniform(latent_logits)  # (B, N) log K - H(q(z_i | x))
+                kl_per_latent = self.code_kl(latent_logits, codes)  # (B, N)
             else:
                 mu, logvar = params.unbind(-1)  # (B, Dz) each
                 codes = gaussian_sample(mu, logvar, generator=generator)  # (B, Dz)
