@@ -35,7 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ptb import OFFLINE  # noqa: E402  the local PTB files, as benchmarks/ptb.py trains on them
+from ptb import load_trained  # noqa: E402  the local PTB files, as benchmarks/ptb.py trains on them
 
 
 @torch.no_grad()
@@ -109,15 +109,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from textdvae import recipe as recipe_lib
-    from textdvae.cli import load_model
-    from textdvae.training import prepare_data
-
-    model, tokenizer = load_model(args.model)
+    model, splits = load_trained(args.model)
     if model.config.latent != "categorical":
         sys.exit(f"prior_gap.py: {args.model} has latent={model.config.latent!r}; it measures categorical codes")
-    data = prepare_data(recipe_lib.load(Path(args.model) / "recipe.yaml", ["output_dir=unused", *OFFLINE]), tokenizer)
-    res = prior_gap(model, data.splits["train"], data.splits["test"], samples=args.samples)
+    res = prior_gap(model, splits["train"], splits["test"], samples=args.samples)
     res["model"] = args.model
     print(f"PTB test, {res['n_test']} sentences x {args.samples} codes; priors fitted on {res['n_train']} training "
           f"sentences; N={res['num_latents']} K={res['num_categories']}; -log p(x|z) {res['rec']:.2f}, "
