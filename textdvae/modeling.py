@@ -259,10 +259,10 @@ class AutoregressivePrior(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Ancestral sampling, latent by latent: n codes (n, N) of category indices."""
         dev = self.out_bias.device
+        gen_dev = generator.device if generator is not None else dev  # draw where the generator lives
         codes = torch.zeros(n, self.N, self.K, device=dev)  # (n, N, K) one-hot, filled left to right
         for i in range(self.N):
             logits = self(codes)[:, i]  # (n, K) p(z_i | z_<i): later latents are not seen
-            gen_dev = generator.device if generator is not None else dev
             codes[:, i] = sample_categorical(logits.to(gen_dev), generator).to(dev)
         return codes.argmax(-1)
 
