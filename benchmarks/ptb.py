@@ -161,9 +161,9 @@ NOTES = """Notes on these rows (2 CPU cores, one run at a time with 2 threads; t
   estimator at the full budget (-ELBO 102.07) were measured and did not close the gap (below).
 - Importance-sampled NLL of the discrete model: 100.68 with S = 100 (perplexity 98.87), against the language
   model's 101.21 at the same 12,000 steps, decoder and weight decay: better by 0.53 nats. The code buys 5.05 nats
-  of reconstruction (96.16 against 101.21) for its 5.30 nats of KL. With the uniform prior: 100.73 at S = 100, and
-  100.67 at S = 500 (`textdvae eval runs/ptb/gru/final --iw-samples 500` on that model,
-  results/ptb_gru_8x16_iw500.json); the learned-prior model was not evaluated at S = 500. With 16 latents: IW NLL 100.82, 4.54 nats of
+  of reconstruction (96.16 against 101.21) for its 5.30 nats of KL. At S = 500: 100.64 (`textdvae eval
+  runs/ptb/gru/final --iw-samples 500 --json benchmarks/results/ptb_gru_ar_iw500.json`, perplexity 98.67). With the
+  uniform prior: 100.73 at S = 100 and 100.67 at S = 500 (results/ptb_gru_8x16_iw500.json). With 16 latents: IW NLL 100.82, 4.54 nats of
   reconstruction for 5.35 of KL. With one decoder layer: 101.60 at S = 100 and
   101.52 at the literature's S = 500 (`textdvae eval runs/ptb/gru/final --iw-samples 500`;
   results/ptb_gru_iw500.json, one-layer model); the two-layer model at S = 500: 100.75 (results/ptb_gru_l2_iw500.json).
