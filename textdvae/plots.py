@@ -42,6 +42,9 @@ def plot_training_curves(log_path: Path, png_path: Path) -> None:
     axes[1].set(xlabel="step", ylabel="nats / sentence", title="KL(q(z|x) || p(z))")
     axes[2].plot(steps, [r["beta"] for r in train], label="beta (KL weight)")
     axes[2].plot(steps, [r["tau"] for r in train], label="tau (temperature)")
+    betas = [r["beta"] for r in train if r["beta"] > 0]
+    if betas and max(betas) / min(betas) > 20:  # a rate controller's beta moves over decades
+        axes[2].set_yscale("log")
     axes[2].set(xlabel="step", title="schedules")
     for ax in axes:
         ax.legend()

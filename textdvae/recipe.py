@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,8 @@ class TrainConfig:
     beta_cycles: int = 4  # cyclical only
     beta_ratio: float = 0.5  # cyclical only: fraction of each cycle spent increasing
     free_bits: float = 0.0  # nats per latent; the objective uses max(KL_i, free_bits)
+    target_rate: float | None = None  # nats per sentence of validation KL to hold; replaces the beta schedule by a
+    # feedback controller on beta (schedules.RateController); None: the beta schedule above
     word_dropout: float = 0.0  # probability of replacing a decoder input token by <unk> (Bowman et al. 2016)
     tau_start: float = 1.0  # Gumbel-Softmax temperature at step 0
     tau_min: float = 0.5  # floor of the temperature
@@ -120,6 +123,8 @@ class TrainConfig:
         for key in ("weight_decay", "grad_clip", "beta_max", "free_bits", "warmup_steps", "beta_warmup_steps", "tau_decay"):
             if getattr(self, key) < 0:
                 raise RecipeError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.target_rate is not None and not (self.target_rate > 0 and math.isfinite(self.target_rate)):
+            raise RecipeError(f"train.target_rate must be a positive number of nats per sentence, got {self.target_rate}")
         if not 0 <= self.word_dropout < 1:
             raise RecipeError(f"train.word_dropout must be in [0, 1), got {self.word_dropout}")
         if not 0 < self.beta_ratio <= 1:
@@ -156,6 +161,15 @@ class Recipe:
             raise RecipeError(
                 f"model.estimator=reinmax needs a temperature >= 1 (Liu et al. 2023), got train.tau_min={self.train.tau_min}; "
                 "set train.tau_start=1 train.tau_min=1 (or higher)")
+        rate, m = self.train.target_rate, self.model
+        if rate is not None and m.latent == "none":
+            raise RecipeError(f"train.target_rate={rate} sets the rate of a code, but model.latent=none has no code; "
+                              "drop train.target_rate or set model.latent=categorical")
+        if rate is not None and m.latent == "categorical" and rate >= m.num_latents * math.log(m.num_categories):
+            raise RecipeError(
+                f"train.target_rate={rate} nats is out of reach: {m.num_latents} latents of {m.num_categories} "
+                f"categories hold at most N log K = {m.num_latents * math.log(m.num_categories):.2f} nats; lower the "
+                "target or raise model.num_latents / model.num_categories")
         if self.train.beta_schedule == "cyclical" and self.train.max_steps is None:
             raise RecipeError("train.beta_schedule=cyclical needs train.max_steps to place its cycles")
 

@@ -1,8 +1,11 @@
-"""Training schedules as pure functions of the optimisation step: KL weight, temperature, free bits."""
+"""The KL weight and the temperature over training: schedules as pure functions of the optimisation step (KL
+annealing, temperature decay, free bits), and `RateController`, the one KL weight that is feedback rather than a
+function of the step (it holds the KL at a target rate)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
@@ -81,3 +84,60 @@ def free_bits(kl_per_latent: Tensor, lam: float) -> Tensor:
     (nats) gets no gradient, so the encoder is not pushed to collapse it onto the prior.
     """
     return torch.clamp(kl_per_latent, min=lam).sum()
+
+
+def rate_control_step(log_beta: float, error_ema: float, kl: float, target: float, *, rate: float = 0.01,
+                      smoothing: float = 0.9, log_beta_range: tuple[float, float] = (math.log(1e-3), math.log(1e2)),
+                      ) -> tuple[float, float]:
+    """One update of the KL weight that holds the KL at `target` nats: (log beta, error EMA) -> the same, next step.
+
+    The constraint KL = target enters a Lagrangian rec + beta * (KL - target); beta follows GECO's multiplicative
+    ascent on the smoothed relative constraint (Rezende & Viola 2018, "Taming VAEs", https://arxiv.org/abs/1810.00597):
+        e_t = smoothing * e_{t-1} + (1 - smoothing) * (KL_t - target) / target,   log beta_t = log beta_{t-1} + rate * e_t.
+    A KL above target raises beta (the code costs more), one below lowers it, so the KL settles at the target,
+    as ControlVAE's feedback on beta does (Shao et al. 2020, https://arxiv.org/abs/2004.05988). log beta stays in
+    `log_beta_range` (by default beta in [0.001, 100]) so a transient cannot drive it to a value it needs thousands
+    of steps to come back from.
+    """
+    error_ema = smoothing * error_ema + (1.0 - smoothing) * (kl - target) / target
+    lo, hi = log_beta_range
+    return min(hi, max(lo, log_beta + rate * error_ema)), error_ema
+
+
+@dataclass
+class RateController:
+    """The KL weight beta that holds validation KL at `target` nats per sentence (``train.target_rate``).
+
+    Each training step feeds the global batch's mean KL to `rate_control_step`. The training KL is measured with
+    dropout on, so it can sit apart from the validation KL that the target is about: after each validation pass,
+    `calibrate` sets the training-batch set point to target * (recent training KL / validation KL), clipped to
+    [0.5, 2] * target. The state is plain floats, checkpointed with the run so a resumed run continues bitwise.
+    """
+
+    target: float
+    log_beta: float = 0.0  # beta starts at 1: the ELBO
+    error_ema: float = 0.0
+    kl_ema: float | None = None  # recent training-batch KL
+    scale: float = 1.0  # training-batch set point / target
+
+    @property
+    def beta(self) -> float:
+        return math.exp(self.log_beta)
+
+    def update(self, kl: float) -> float:
+        """One training step's batch-mean KL (nats) -> the beta for the next step."""
+        self.kl_ema = kl if self.kl_ema is None else 0.99 * self.kl_ema + 0.01 * kl
+        self.log_beta, self.error_ema = rate_control_step(self.log_beta, self.error_ema, kl, self.target * self.scale)
+        return self.beta
+
+    def calibrate(self, validation_kl: float) -> None:
+        """Aim the training-batch KL where the validation KL lands on the target."""
+        if self.kl_ema is not None and validation_kl > 0:
+            self.scale = min(2.0, max(0.5, self.kl_ema / validation_kl))
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)

@@ -57,7 +57,7 @@ from .evaluation import elbo_pass, evaluate, iterate_batches
 from .modeling import TextDVAE
 from .plots import code_usage_heatmap, plot_training_curves
 from .recipe import Recipe
-from .schedules import kl_weight, temperature
+from .schedules import RateController, kl_weight, temperature
 from .tokenization import build_tokenizer
 
 CHECKPOINT_FILES = ("model.safetensors", "state.pt", "trainer.json")
@@ -182,6 +182,8 @@ class Trainer:
         self.stop_requested, self.stop_signal, self._first_signal_at = False, None, None
         self.replicas_in_sync: bool | None = None
         self.resumed_from: Path | None = None
+        # train.target_rate: beta is feedback on the KL (checkpointed with the run) instead of a schedule
+        self.rate = RateController(self.cfg.target_rate) if self.cfg.target_rate is not None else None
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The global batches of one epoch: a function of (seed, epoch) only. With several processes a batch needs
@@ -320,6 +322,8 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
+                if self.rate is not None:
+                    self.rate.update(self._global_mean(out.kl.detach().mean()))
                 stats = {"loss": loss.item(), "rec": out.rec.mean().item(),
                          "kl": out.kl.mean().item() if out.kl is not None else 0.0}
                 for k, v in stats.items():
@@ -359,6 +363,12 @@ class Trainer:
             self.stop_requested = True
         return bool(flags[0] == 0), bool(flags[1] > 0)
 
+    def _global_mean(self, value: torch.Tensor) -> float:
+        """A per-process scalar -> its mean over processes (every process then takes the same decision)."""
+        if self.world > 1:
+            value = self.accelerator.reduce(value.reshape(1).float(), reduction="mean")
+        return float(value)
+
     def _running_means(self) -> dict[str, float]:
         n = self.running.get("n", 0)
         keys = [k for k in ("loss", "rec", "kl") if k in self.running]
@@ -375,6 +385,8 @@ class Trainer:
 
     def schedules(self, step: int) -> tuple[float, float]:
         cfg = self.cfg
+        if self.rate is not None:
+            return self.rate.beta, temperature(step, cfg.tau_start, cfg.tau_min, cfg.tau_decay)
         beta = kl_weight(step, cfg.beta_schedule, cfg.beta_max, cfg.beta_warmup_steps, self.total_steps,
                          cfg.beta_cycles, cfg.beta_ratio)
         return beta, temperature(step, cfg.tau_start, cfg.tau_min, cfg.tau_decay)
@@ -384,8 +396,13 @@ class Trainer:
         if "eval" not in self.data.splits:
             return
         metrics = elbo_pass(self.unwrapped, self.eval_batches("eval"), self.accelerator, seed=self.cfg.seed)
+        if self.rate is not None:
+            self.rate.calibrate(metrics["kl"])
+            metrics["rate_scale"] = self.rate.scale
         self._log(log_file, {"step": self.step, "split": "eval", **metrics})
-        if metrics["elbo"] > self.best_elbo:
+        # with a target rate only a model at its rate (validation KL within 10 %) can be the final one
+        on_target = self.rate is None or abs(metrics["kl"] - self.rate.target) <= 0.1 * self.rate.target
+        if on_target and metrics["elbo"] > self.best_elbo:
             self.best_elbo = metrics["elbo"]
             if self.is_main:
                 self._save_best()
@@ -486,7 +503,8 @@ class Trainer:
         trainer = {"step": self.step, "batches_seen": self.batches_seen, "best_elbo": self.best_elbo,
                    "nonfinite_steps": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
                    "log_lines": self.log_lines, "elapsed_s": self.elapsed, "running": self.running,
-                   "num_processes": self.world, "total_steps": self.total_steps}
+                   "num_processes": self.world, "total_steps": self.total_steps,
+                   "rate_controller": self.rate.state_dict() if self.rate is not None else None}
         (tmp / "trainer.json").write_text(json.dumps(trainer))
         _fsync_dir_files(tmp)
         replace_dir(tmp, self.ckpt_dir / name)
@@ -530,6 +548,8 @@ class Trainer:
         self.best_elbo = trainer["best_elbo"]
         self.nonfinite_total, self.nonfinite_run = trainer["nonfinite_steps"], trainer["nonfinite_run"]
         self.log_lines, self.elapsed, self.running = trainer["log_lines"], trainer["elapsed_s"], trainer["running"]
+        if self.rate is not None and trainer.get("rate_controller"):
+            self.rate.load_state_dict(trainer["rate_controller"])
         self._saved_step = self.step
         self.resumed_from = path
         # checkpoints/best may come from steps after this checkpoint (the run died between the two): it is still a
