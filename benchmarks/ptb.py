@@ -32,6 +32,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "ptb.json"
 TABLE = ROOT / "benchmarks" / "RESULTS.md"
 README = ROOT / "README.md"  # its PTB table is rewritten with RESULTS.md's, between these markers
 README_START, README_END = "<!-- ptb-table: written by benchmarks/ptb.py -->", "<!-- /ptb-table -->"
+OTHER_RESULTS = "<!-- below: other benchmarks' sections, kept as they are by benchmarks/ptb.py -->"
 TRIALS = ROOT / "benchmarks" / "results" / "ptb_trials.json"  # --override runs: measured, kept, never in the table
 OFFLINE = ["data.path=text", "data.text_column=text", f"data.data_files.train={PTB / 'train.txt'}",
            f"data.data_files.validation={PTB / 'valid.txt'}", f"data.data_files.test={PTB / 'test.txt'}"]
@@ -71,9 +72,13 @@ def load_trained(model_dir: str):
 
 def launch(variant: str, max_steps: int, threads: int, out_root: Path, extra_overrides: list[str]) -> tuple[subprocess.Popen, Path]:
     recipe, extra = VARIANTS[variant]
-    out = out_root / variant
-    cmd = [sys.executable, "-m", "textdvae", "train", f"recipes/{recipe}.yaml", *OFFLINE, f"output_dir={out}",
-           f"train.max_steps={max_steps}", *extra, *extra_overrides]
+    return launch_recipe(recipe, variant, out_root, threads, [f"train.max_steps={max_steps}", *extra, *extra_overrides])
+
+
+def launch_recipe(recipe: str, name: str, out_root: Path, threads: int, overrides: list[str]) -> tuple[subprocess.Popen, Path]:
+    """`textdvae train recipes/RECIPE.yaml` on the local PTB files into OUT_ROOT/NAME, in the background."""
+    out = out_root / name
+    cmd = [sys.executable, "-m", "textdvae", "train", f"recipes/{recipe}.yaml", *OFFLINE, f"output_dir={out}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "stdout.txt").open("w")
@@ -306,11 +311,16 @@ def _headline_table(rows: list[dict]) -> list[str]:
 
 def _sync_readme(table: list[str]) -> None:
     """Replace the README's copy of the table (between the two markers) so the two can never disagree."""
-    text = README.read_text()
-    start, end = text.find(README_START), text.find(README_END)
+    replace_between(README, README_START, README_END, table)
+
+
+def replace_between(path: Path, start_marker: str, end_marker: str, lines: list[str]) -> None:
+    """Rewrite what lies between two marker lines of a Markdown file (the markers stay)."""
+    text = path.read_text()
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
-        raise SystemExit(f"{README} lacks the markers {README_START} ... {README_END} around the PTB table")
-    README.write_text(text[:start + len(README_START)] + "\n" + "\n".join(table) + "\n" + text[end:])
+        raise SystemExit(f"{path} lacks the markers {start_marker} ... {end_marker}")
+    path.write_text(text[:start + len(start_marker)] + "\n" + "\n".join(lines) + "\n" + text[end:])
 
 
 def write_table(rows: list[dict]) -> None:
@@ -340,7 +350,9 @@ def write_table(rows: list[dict]) -> None:
                          f"{t['train_minutes']} |")
     lines += ["", NOTES, "", "Anchors: asyml/texar examples/vae_text, PTB test, LSTM hidden 256, embeddings 256, Gaussian latent 32, "
               "100 epochs; their NLL is the negative single-sample ELBO and their PPL is derived from it."]
-    TABLE.write_text("\n".join(lines) + "\n")
+    old = TABLE.read_text() if TABLE.is_file() else ""
+    kept = old[old.index(OTHER_RESULTS):] if OTHER_RESULTS in old else OTHER_RESULTS + "\n"  # other scripts' sections
+    TABLE.write_text("\n".join(lines) + "\n\n" + kept)
     _sync_readme(table)
 
 

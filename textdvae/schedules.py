@@ -109,9 +109,10 @@ class RateController:
     """The KL weight beta that holds validation KL at `target` nats per sentence (``train.target_rate``).
 
     Each training step feeds the global batch's mean KL to `rate_control_step`. The training KL is measured with
-    dropout on, so it can sit apart from the validation KL that the target is about: after each validation pass,
-    `calibrate` sets the training-batch set point to target * (recent training KL / validation KL), clipped to
-    [0.5, 2] * target. The state is plain floats, checkpointed with the run so a resumed run continues bitwise.
+    dropout on, so it can sit apart from the validation KL that the target is about: after each validation pass at
+    which the controller has settled (smoothed error and recent training KL within 10 % of the set point),
+    `calibrate` moves the set point to
+    target * (recent training KL / validation KL), clipped to [0.5, 2] * target. The state is plain floats, checkpointed with the run so a resumed run continues bitwise.
     """
 
     target: float
@@ -126,13 +127,17 @@ class RateController:
 
     def update(self, kl: float) -> float:
         """One training step's batch-mean KL (nats) -> the beta for the next step."""
-        self.kl_ema = kl if self.kl_ema is None else 0.99 * self.kl_ema + 0.01 * kl
+        self.kl_ema = kl if self.kl_ema is None else 0.98 * self.kl_ema + 0.02 * kl
         self.log_beta, self.error_ema = rate_control_step(self.log_beta, self.error_ema, kl, self.target * self.scale)
         return self.beta
 
     def calibrate(self, validation_kl: float) -> None:
         """Aim the training-batch KL where the validation KL lands on the target."""
-        if self.kl_ema is not None and validation_kl > 0:
+        set_point = self.target * self.scale
+        # only a settled controller says how training and validation KL relate: during a transient the recent
+        # training KL lags the validation pass taken at this step
+        settled = abs(self.error_ema) <= 0.1 and self.kl_ema is not None and abs(self.kl_ema - set_point) <= 0.1 * set_point
+        if settled and validation_kl > 0:
             self.scale = min(2.0, max(0.5, self.kl_ema / validation_kl))
 
     def state_dict(self) -> dict:

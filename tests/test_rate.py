@@ -1,0 +1,137 @@
+"""train.target_rate: a feedback controller on the KL weight holds the KL at a target rate.
+
+The controller (schedules.RateController) against hand-computed updates and a system whose KL falls as beta rises;
+a tiny model trained with it ends at its target on validation; its state is checkpointed so resume stays bitwise;
+targets the code cannot reach are refused; a high-rate code (64 x 256) with the learned prior saves, loads and
+samples, and its size does not reach the decoder.
+"""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from textdvae import TextDVAE, TextDVAEConfig
+from textdvae import recipe as recipe_lib
+from textdvae.recipe import RecipeError
+from textdvae.schedules import RateController, rate_control_step
+from textdvae.training import train
+
+from test_faults import ROOT, TINY, training_log
+
+
+def test_one_update_by_hand():
+    # e = 0.9 * 0 + 0.1 * (12 - 10) / 10 = 0.02; log beta = 0 + 0.01 * 0.02
+    log_beta, error = rate_control_step(0.0, 0.0, kl=12.0, target=10.0)
+    assert error == pytest.approx(0.02) and log_beta == pytest.approx(0.0002)
+    # below target: beta falls; the range clips it
+    log_beta, _ = rate_control_step(0.0, -5.0, kl=0.0, target=10.0, rate=100.0)
+    assert log_beta == pytest.approx(math.log(1e-3))
+
+
+def test_controller_settles_a_system_whose_kl_falls_with_beta():
+    ctl = RateController(target=10.0)
+    kl = lambda beta: 20.0 / (1.0 + 4.0 * beta)  # noqa: E731 - 4 nats at beta = 1; 10 nats needs beta = 0.25
+    for _ in range(3000):
+        ctl.update(kl(ctl.beta))
+    assert ctl.beta == pytest.approx(0.25, rel=0.02) and kl(ctl.beta) == pytest.approx(10.0, rel=0.01)
+
+
+def test_calibration_aims_the_training_kl_where_validation_meets_the_target():
+    ctl = RateController(target=10.0)
+    for _ in range(400):
+        ctl.update(12.0)
+    ctl.calibrate(validation_kl=10.0)  # training 20 % off its set point: still moving, no calibration
+    assert ctl.scale == 1.0
+    for _ in range(400):
+        ctl.update(10.8)
+    ctl.calibrate(validation_kl=9.0)  # settled within 10 %, reading 20 % above validation
+    assert ctl.scale == pytest.approx(ctl.kl_ema / 9.0, rel=1e-9) and 1.19 < ctl.scale < 1.21
+    before = ctl.log_beta
+    ctl.error_ema = 0.0
+    ctl.update(10.0 * ctl.scale)  # now exactly at the training set point: beta stays
+    assert ctl.log_beta == pytest.approx(before, abs=1e-6)
+    state = ctl.state_dict()
+    other = RateController(target=10.0)
+    other.load_state_dict(json.loads(json.dumps(state)))
+    assert other == ctl
+
+
+RATE_RUN = [*TINY, "train.free_bits=0", "train.target_rate=2.5", "train.max_steps=800", "train.eval_every=100",
+            "train.save_every=200", "train.lr_schedule=constant", "train.log_every=10", "data.max_train_samples=2000", "data.max_eval_samples=200",
+            "train.iw_samples=2"]
+
+
+@pytest.fixture(scope="module")
+def held_run(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("rate")
+    try:
+        metrics = train(recipe_lib.load(ROOT / "recipes/quickstart.yaml", [f"output_dir={out}", *RATE_RUN]))
+    finally:
+        torch.set_num_threads(threads)
+    return out, metrics
+
+
+def test_a_tiny_model_is_held_at_its_target_rate(held_run):
+    out, metrics = held_run
+    log = training_log(out)
+    evals = [r for r in log if r.get("split") == "eval"]
+    betas = [r["beta"] for r in log if "beta" in r]
+    # 4 latents x 4 categories hold at most 5.5 nats; without the controller (beta = 1, no free bits) the KL collapses
+    assert min(betas) < 0.5, "the controller never lowered beta"
+    assert abs(evals[-1]["kl"] - 2.5) <= 0.25, [round(r["kl"], 2) for r in evals]
+    assert abs(metrics["kl"] - 2.5) <= 0.25, metrics["kl"]  # the final model, on test
+
+
+def test_resume_restores_the_controller(held_run, tmp_path):
+    out, _ = held_run
+    copy = tmp_path / "resumed"
+    shutil.copytree(out, copy)
+    for path in (copy / "checkpoints").glob("step-*"):  # go back to step 600
+        if path.name != "step-0000600":
+            shutil.rmtree(path)
+    shutil.rmtree(copy / "final")
+    assert (copy / "checkpoints" / "step-0000600").is_dir()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(recipe_lib.load(ROOT / "recipes/quickstart.yaml",
+                              [f"output_dir={copy}", *RATE_RUN, "train.resume=true"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert training_log(copy) == training_log(out)  # beta after step 600 included
+
+
+@pytest.mark.parametrize("override,message", [
+    (["model.num_latents=4", "model.num_categories=4", "train.target_rate=5.6"], "at most N log K = 5.55"),
+    (["model.latent=none", "train.target_rate=5"], "model.latent=none has no code"),
+    (["train.target_rate=-1"], "must be a positive number"),
+    (["train.target_rate=.nan"], "must be a positive number"),
+])
+def test_unreachable_targets_are_refused(override, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe_lib.load(ROOT / "recipes/quickstart.yaml", override)
+
+
+def test_a_high_rate_code_with_the_learned_prior_saves_loads_and_samples(tmp_path):
+    config = TextDVAEConfig(vocab_size=30, embed_dim=16, hidden_dim=32, num_latents=64, num_categories=256,
+                            prior="autoregressive")
+    torch.manual_seed(0)
+    model = TextDVAE(config)
+    with torch.no_grad():  # leave the uniform start, so that the round trip is tested on a real conditional
+        model.code_prior.out_weight.normal_(0, 0.5)
+    model.save_pretrained(tmp_path)
+    loaded = TextDVAE.from_pretrained(tmp_path).eval()
+    codes = loaded.sample_prior(8, generator=torch.Generator().manual_seed(1))  # (8, 64)
+    assert codes.shape == (8, 64) and 0 <= int(codes.min()) and int(codes.max()) < 256
+    one_hot = torch.nn.functional.one_hot(codes, 256).float()
+    assert torch.equal(loaded.log_prior(one_hot), model.eval().log_prior(one_hot))
+    assert (loaded.log_prior(one_hot) > -64 * math.log(256) - 200).all()
+    # the code's size stops at its embedding table: the decoder is the same for K = 2 and K = 256
+    small = TextDVAE(TextDVAEConfig(**{**config.to_diff_dict(), "num_categories": 2}))
+    size = lambda m: sum(p.numel() for p in m.decoder.parameters())  # noqa: E731
+    assert size(small) == size(model)
