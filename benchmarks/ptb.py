@@ -63,7 +63,7 @@ def load_trained(model_dir: str):
     reads them (for the analysis scripts beside this one)."""
     from textdvae import recipe as recipe_lib
     from textdvae.cli import load_model
-    from textdvae.training import prepare_data
+    from textdvae.data import prepare_data
 
     model, tokenizer = load_model(model_dir)
     data = prepare_data(recipe_lib.load(Path(model_dir) / "recipe.yaml", ["output_dir=unused", *OFFLINE]), tokenizer)

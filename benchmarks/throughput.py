@@ -171,7 +171,8 @@ def run_model(name: str, steps: int, repeats: int, queue) -> None:
     from textdvae.explore import greedy_decode
     from textdvae.modeling import TextDVAE
     from textdvae.tokenization import build_tokenizer
-    from textdvae.training import build_optimizer, configure_model_for_tokenizer
+    from textdvae.data import configure_model_for_tokenizer
+    from textdvae.optim import build_optimizer
 
     torch.manual_seed(0)
     recipe = recipe_lib.load(ROOT / RECIPES[name])

@@ -25,7 +25,8 @@ from safetensors.torch import load_file
 from textdvae import cli
 from textdvae import recipe as recipe_lib
 from textdvae.modeling import TextDVAE
-from textdvae.training import Trainer, TrainingError, latest_checkpoint
+from textdvae.checkpointing import latest_checkpoint
+from textdvae.training import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "recipes/quickstart.yaml"

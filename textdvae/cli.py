@@ -1,16 +1,17 @@
 """`textdvae SUBCOMMAND ...`: train, eval, encode, reconstruct, sample, interpolate, traverse, push.
 
 User errors (a bad recipe, bad data, a missing model) print one paragraph and exit with status 2; `--debug`
-shows the traceback instead.
+shows the traceback instead. The package reports through the ``textdvae`` logger; the CLI prints its messages,
+information on stdout and warnings on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
-
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -80,8 +81,8 @@ def cmd_eval(args) -> int:
     import torch
 
     from . import recipe as recipe_lib
-    from .evaluation import evaluate
-    from .training import format_metrics, prepare_data
+    from .data import prepare_data
+    from .evaluation import evaluate, format_metrics
 
     model, tokenizer = load_model(args.model, args.revision)
     recipe_path = Path(args.model) / "recipe.yaml"
@@ -338,10 +339,30 @@ def _intermixed(parser: argparse.ArgumentParser) -> None:
     parser.parse_known_args = parse_known_args
 
 
+class _MessageHandler(logging.Handler):
+    """The package's log messages as a command line shows them: information on stdout, warnings on stderr, written
+    through tqdm so that a progress bar stays whole."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+        try:
+            tqdm.write(self.format(record), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
+        except Exception:
+            self.handleError(record)
+
+
+def _show_messages() -> None:
+    package = logging.getLogger("textdvae")
+    if not any(isinstance(h, _MessageHandler) for h in package.handlers):  # main() may run many times in a process
+        package.addHandler(_MessageHandler())
+    package.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars are noise on a command line
+    _show_messages()
     args = build_parser().parse_args(argv)
     if args.debug:
         return args.func(args)

@@ -4,14 +4,17 @@
   text/json/csv/parquet files) and returns stripped, non-blank sentences;
 * :func:`encode` turns them into token ids ending in EOS, truncated to ``max_length``;
 * :func:`make_batches` groups sentences of similar length (little padding), reproducibly for a (seed, epoch);
-* :func:`collate` pads one batch into tensors.
+* :func:`collate` pads one batch into tensors;
+* :func:`prepare_data` does the first two for a recipe, training (or reusing) its tokenizer, and
+  :func:`configure_model_for_tokenizer` writes that tokenizer's vocabulary size and special ids into the model config.
+  They live here, not in training, because evaluation (`textdvae eval`) and the benchmarks prepare data the same way.
 """
 
 from __future__ import annotations
 
 import glob
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -19,7 +22,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .recipe import DataConfig
+from .recipe import DataConfig, Recipe
+from .tokenization import build_tokenizer
 
 POOL_BATCHES = 50  # make_batches sorts by length within pools of this many batches
 
@@ -199,3 +203,32 @@ def collate(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     attention_mask = [[1] * len(ids) + [0] * (width - len(ids)) for ids in sequences]
     return {"input_ids": torch.tensor(input_ids, dtype=torch.long),
             "attention_mask": torch.tensor(attention_mask, dtype=torch.long)}
+
+
+@dataclass
+class Prepared:
+    tokenizer: PreTrainedTokenizerBase
+    splits: dict[str, list[list[int]]]  # split -> token ids ending with EOS
+    stats: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> vars(SplitStats)
+
+
+def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase | None = None) -> Prepared:
+    """Load the splits, train the tokenizer on the training split (unless one is given), encode every split."""
+    texts, blank = load_texts(recipe.data)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(recipe.tokenizer, texts["train"])
+    splits, stats = {}, {}
+    for name, items in texts.items():
+        ids, split_stats = encode(tokenizer, items, recipe.data.max_length)
+        split_stats.n_skipped_blank = blank.get(name, 0)
+        splits[name], stats[name] = ids, vars(split_stats)
+    return Prepared(tokenizer, splits, stats)
+
+
+def configure_model_for_tokenizer(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Write the tokenizer's vocabulary size and special-token ids into ``recipe.model`` and re-validate it."""
+    c = recipe.model
+    c.vocab_size = len(tokenizer)
+    c.pad_token_id, c.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
+    c.eos_token_id, c.unk_token_id = tokenizer.eos_token_id, tokenizer.unk_token_id
+    c.__post_init__()  # re-validate: adaptive-softmax cutoffs must lie inside the real vocabulary

@@ -23,8 +23,8 @@ is a word (plus EOS), so `ppl` is the word-level perplexity that PTB papers repo
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +34,8 @@ from torch import Tensor
 
 from . import data as data_lib
 from .estimators import categorical_entropy, log_prob_of_codes, sample_categorical
+
+logger = logging.getLogger(__name__)
 
 ACTIVE_THRESHOLD = 0.01  # nats (KL_i) and variance (AU), as in He et al. 2019
 
@@ -151,8 +153,8 @@ def evaluate(model, seqs: list[list[int]], tokenizer, accelerator=None, batch_si
     exact = cfg.latent == "categorical" and cfg.num_categories ** cfg.num_latents <= exact_limit
     if exact and cfg.num_categories ** cfg.num_latents * len(seqs) > exact_budget:
         exact = False
-        print(f"nll_exact skipped: {len(seqs)} sentences x {cfg.num_categories ** cfg.num_latents} codes is more than "
-              f"{exact_budget:,} decoder passes; evaluate fewer sentences to get it", file=sys.stderr)
+        logger.warning(f"nll_exact skipped: {len(seqs)} sentences x {cfg.num_categories ** cfg.num_latents} codes is "
+                       f"more than {exact_budget:,} decoder passes; evaluate fewer sentences to get it")
     sums = {"nll": torch.zeros(()), "nll_exact": torch.zeros(()), "correct": torch.zeros(()), "ref_tokens": torch.zeros(())}
     posteriors, mus, logvars, hyps, refs = [], [], [], [], []
     iw_batch = max(1, batch_size // max(1, iw_samples // 8))  # B*S decoder rows per pass stay bounded
@@ -262,15 +264,23 @@ def extra_metric_scores(names: list[str], hyps: list[str], refs: list[str]) -> d
     try:
         import evaluate as hf_evaluate
     except ImportError:
-        print(f"extra metrics {', '.join(names)} skipped: pip install 'textdvae[metrics]' (evaluate)", file=sys.stderr)
+        logger.warning(f"extra metrics {', '.join(names)} skipped: pip install 'textdvae[metrics]' (evaluate)")
         return {}
     scores: dict[str, float] = {}
     for name in names:
         try:
             metric = hf_evaluate.load(name)
         except Exception as err:  # evaluate raises network, file and import errors of many kinds here
-            print(f"extra metric {name!r} skipped: it could not be loaded ({type(err).__name__}: {err})", file=sys.stderr)
+            logger.warning(f"extra metric {name!r} skipped: it could not be loaded ({type(err).__name__}: {err})")
             continue
         result = metric.compute(predictions=hyps, references=refs)
         scores.update({f"{Path(name).stem}_{k}": float(v) for k, v in result.items() if isinstance(v, (int, float))})
     return scores
+
+
+def format_metrics(metrics: dict) -> str:
+    """The headline metrics as an aligned text block (what `textdvae train` and `textdvae eval` print)."""
+    keys = ("elbo", "rec", "kl", "nll", "nll_exact", "ppl", "mi", "active_latents", "au", "rec_token_acc", "rec_bleu")
+    rows = [f"  {k:<15} {metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"  {k:<15} {metrics.get(k)}"
+            for k in keys if k in metrics]
+    return f"metrics on {metrics.get('split', '?')}:\n" + "\n".join(rows)

@@ -6,8 +6,10 @@ matplotlib is an optional extra (`pip install 'textdvae[plot]'`); without it eac
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def _pyplot(what: str):
@@ -16,7 +18,7 @@ def _pyplot(what: str):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"{what} not plotted: pip install 'textdvae[plot]' (matplotlib)", file=sys.stderr)
+        logger.warning(f"{what} not plotted: pip install 'textdvae[plot]' (matplotlib)")
         return None
     return plt
 

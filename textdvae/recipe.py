@@ -109,6 +109,11 @@ class TrainConfig:
     iw_samples: int = 100  # importance samples for the final NLL estimate
     max_nonfinite_steps: int = 20  # consecutive non-finite losses before the run stops
     mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
+    # Experiment trackers that get log.jsonl's numbers and the recipe, through accelerate's tracker API: any of
+    # accelerate's names (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, trackio, swanlab). The default
+    # writes TensorBoard events to output_dir/textdvae/ when tensorboard is installed (pip install
+    # 'textdvae[tensorboard]'); a named tracker that is not installed gets a warning and is left out; [] logs to none.
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
 
     def validate(self) -> None:
         for key in ("batch_size", "eval_batch_size", "eval_every", "save_every", "log_every", "keep_checkpoints", "iw_samples",
@@ -134,6 +139,9 @@ class TrainConfig:
         _choice("train.lr_schedule", self.lr_schedule, ("constant", "linear", "cosine"))
         _choice("train.beta_schedule", self.beta_schedule, ("constant", "linear", "sigmoid", "cyclical"))
         _choice("train.mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        from accelerate.utils import LoggerType
+        for name in self.log_with:
+            _choice("train.log_with", name, tuple(t.value for t in LoggerType))
 
 
 @dataclass
@@ -271,6 +279,10 @@ def _check_types(section: str, obj: Any) -> None:
         value = getattr(obj, f.name)
         kind = str(f.type)
         if value is None and "None" in kind:
+            continue
+        if kind == "list[str]":
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise RecipeError(f"{section}.{f.name} must be a list of strings, e.g. [tensorboard], got {value!r}")
             continue
         if "float" in kind and not isinstance(value, bool) and isinstance(value, (int, str)):
             try:  # YAML reads 3e-4 (no dot) as a string; users mean the number

@@ -5,6 +5,11 @@ Every process builds the same global batches; each takes its rows of them (rank:
 Logging, checkpoints and the final model are written by the main process; validation and test metrics are summed
 over all processes' rows.
 
+What the run reports goes to ``output_dir/log.jsonl``, to the experiment trackers of ``train.log_with`` (through
+accelerate's tracker API) and, as messages, to this module's :mod:`logging` logger; the CLI decides how they are
+shown. Data preparation lives in :mod:`textdvae.data`, the optimizer in :mod:`textdvae.optim`, the checkpoint files
+in :mod:`textdvae.checkpointing`.
+
 Faults
 ------
 * ``checkpoints/step-XXXXXXX/`` holds everything a run needs to go on: weights, optimizer, LR scheduler, every
@@ -34,33 +39,35 @@ Faults
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import random
 import shlex
 import shutil
 import signal
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
 
 from . import data as data_lib
-from .evaluation import elbo_pass, evaluate, iterate_batches
+from .checkpointing import (CheckpointUnreadable, best_checkpoint, checkpoint_name,
+                            checkpoints_newest_first, clean_checkpoint_dir, latest_checkpoint, load_weights,
+                            prune_checkpoints, read_checkpoint, replace_dir, rng_state, set_rng_state, truncate_lines,
+                            recorded_best_elbo, write_checkpoint, write_json_atomic)
+from .evaluation import elbo_pass, evaluate, format_metrics, iterate_batches
 from .modeling import TextDVAE
+from .optim import build_optimizer, lr_lambda
 from .plots import code_usage_heatmap, plot_training_curves
 from .recipe import Recipe
 from .schedules import RateController, kl_weight, temperature
-from .tokenization import build_tokenizer
 
-CHECKPOINT_FILES = ("model.safetensors", "state.pt", "trainer.json")
+logger = logging.getLogger(__name__)
+TRACKER_PROJECT = "textdvae"  # accelerate's project name: trackers with a folder (TensorBoard) write output_dir/textdvae/
 SIGNAL_GRACE_S = 2.0  # signals this close to the first one are copies of it (a launcher forwarding Ctrl-C)
 
 
@@ -77,62 +84,9 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.exit_code = 128 + int(signum)  # the shell convention: 130 for SIGINT, 143 for SIGTERM
 
 
-class CheckpointUnreadable(Exception):
-    """A checkpoint folder whose files are missing, truncated or corrupt."""
-
-
-@dataclass
-class Prepared:
-    tokenizer: Any
-    splits: dict[str, list[list[int]]]  # split -> token ids ending with EOS
-    stats: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def prepare_data(recipe: Recipe, tokenizer=None) -> Prepared:
-    """Load the splits, train (or load) the tokenizer, write its ids into the model config, encode."""
-    texts, blank = data_lib.load_texts(recipe.data)
-    if tokenizer is None:
-        tokenizer = build_tokenizer(recipe.tokenizer, texts["train"])
-    splits, stats = {}, {}
-    for name, items in texts.items():
-        ids, split_stats = data_lib.encode(tokenizer, items, recipe.data.max_length)
-        split_stats.n_skipped_blank = blank.get(name, 0)
-        splits[name], stats[name] = ids, vars(split_stats)
-    return Prepared(tokenizer, splits, stats)
-
-
-def configure_model_for_tokenizer(recipe: Recipe, tokenizer) -> None:
-    c = recipe.model
-    c.vocab_size = len(tokenizer)
-    c.pad_token_id, c.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
-    c.eos_token_id, c.unk_token_id = tokenizer.eos_token_id, tokenizer.unk_token_id
-    c.__post_init__()  # re-validate: adaptive-softmax cutoffs must lie inside the real vocabulary
-
-
-def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW without weight decay on biases, norms and code tables (ndim < 2). The fused kernel (one pass over each
-    tensor instead of a chain of element-wise ops) is measurably faster on CPU and GPU alike."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "bias" in name else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=True)
-
-
-def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        if schedule == "linear":
-            return max(0.0, 1.0 - progress)
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-    return factor
-
-
 class Trainer:
+    """One training run of a recipe: ``train()`` = setup -> _loop -> save_checkpoint -> finish."""
+
     def __init__(self, recipe: Recipe):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -141,13 +95,18 @@ class Trainer:
         self.out = Path(recipe.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         launched = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
+        trackers, missing = available_trackers(self.cfg.log_with)
         # Without a GPU accelerate would start `launched` independent single-process runs; cpu=True gives gloo DDP
         self.accelerator = Accelerator(mixed_precision=self.cfg.mixed_precision,
-                                       cpu=launched > 1 and not _has_gpu())
+                                       cpu=launched > 1 and not _has_gpu(),
+                                       log_with=trackers, project_dir=str(self.out))
         if launched > 1 and self.accelerator.num_processes != launched:
             raise TrainingError(f"started as {launched} processes, but accelerate set up "
                                 f"{self.accelerator.num_processes}; check the launcher's options (accelerate config)")
         self.is_main = self.accelerator.is_main_process
+        if missing:
+            self._inform(f"warning: train.log_with names {', '.join(missing)}, not installed: not logging there "
+                         "(install it, e.g. pip install 'textdvae[tensorboard]', or drop it from train.log_with)", warn=True)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         if self.cfg.batch_size < self.world:
             raise TrainingError(f"train.batch_size={self.cfg.batch_size} is the global batch, split over "
@@ -158,8 +117,8 @@ class Trainer:
         if self.cfg.resume and (self.ckpt_dir / "tokenizer").is_dir():  # the run's own vocabulary, never retrained
             from transformers import AutoTokenizer
             tokenizer = AutoTokenizer.from_pretrained(self.ckpt_dir / "tokenizer")
-        self.data = prepare_data(recipe, tokenizer)
-        configure_model_for_tokenizer(recipe, self.data.tokenizer)
+        self.data = data_lib.prepare_data(recipe, tokenizer)
+        data_lib.configure_model_for_tokenizer(recipe, self.data.tokenizer)
         self.model = TextDVAE(recipe.model)
         self.lengths = [len(s) for s in self.data.splits["train"]]
         self.batches_per_epoch = len(self.epoch_batches(0))
@@ -178,7 +137,7 @@ class Trainer:
         self.step, self.batches_seen, self.best_elbo = 0, 0, -math.inf
         self.nonfinite_total, self.nonfinite_run = 0, 0
         self.log_lines, self.elapsed, self.running = 0, 0.0, {}
-        self.tb_writer = None  # SummaryWriter on first log when tensorboard is installed; False when it is not
+        self._saved_step: int | None = None  # the step of the newest checkpoint this process wrote or loaded
         self.stop_requested, self.stop_signal, self._first_signal_at = False, None, None
         self.replicas_in_sync: bool | None = None
         self.resumed_from: Path | None = None
@@ -231,7 +190,7 @@ class Trainer:
                     contents = read_checkpoint(path)
                 except CheckpointUnreadable as err:
                     skipped.append(f"{path.name}: {err}")
-                    self._print(f"warning: skipping checkpoint {path} ({err}); trying the one before it", warn=True)
+                    self._inform(f"warning: skipping checkpoint {path} ({err}); trying the one before it", warn=True)
                     continue
                 choice = [path.name, skipped]
                 break
@@ -245,19 +204,32 @@ class Trainer:
                                 f"{'; '.join(skipped)}); delete the broken ones to start again from step 0, or "
                                 "choose a new output_dir")
         if name is None:
-            self._print(f"train.resume=true but no checkpoint in {self.ckpt_dir}: starting from step 0")
+            self._inform(f"train.resume=true but no checkpoint in {self.ckpt_dir}: starting from step 0")
             return
         try:
             self.load_checkpoint(self.ckpt_dir / name, contents)
         except CheckpointUnreadable as err:  # readable by the main process, not by this one
             raise TrainingError(f"process {self.rank} cannot read checkpoint {self.ckpt_dir / name} ({err}); "
                                 "output_dir must be on a file system every process sees") from None
-        self._print(f"resumed from {self.ckpt_dir / name} at step {self.step}")
+        self._inform(f"resumed from {self.ckpt_dir / name} at step {self.step}")
 
     # ---- train ----------------------------------------------------------------------------------------------------
 
     def train(self) -> dict:
         self.setup()
+        self.accelerator.init_trackers(TRACKER_PROJECT, config=flat_config(self.recipe.raw))
+        try:
+            self._loop_with_signal_handlers()
+            self._agree(True, self.stop_requested)  # a signal after the last step's agreement: all stop, or none
+            if self.stop_requested:
+                self.save_checkpoint()
+                raise TrainingInterrupted(self.resume_message(), self.stop_signal or signal.SIGINT)
+            self.save_checkpoint()  # the last step: a run that dies in the final evaluation resumes into it
+            return self.finish()
+        finally:
+            self.accelerator.end_training()  # closes the trackers
+
+    def _loop_with_signal_handlers(self) -> None:
         previous = {}
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -267,12 +239,6 @@ class Trainer:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        self._agree(True, self.stop_requested)  # a signal after the last step's agreement: all stop, or none
-        if self.stop_requested:
-            self.save_checkpoint()
-            raise TrainingInterrupted(self.resume_message(), self.stop_signal or signal.SIGINT)
-        self.save_checkpoint()  # the last step: a run that dies in the final evaluation resumes into it
-        return self.finish()
 
     def resume_message(self) -> str:
         command = f"textdvae train {shlex.quote(str(self.out / 'config.yaml'))} train.resume=true"
@@ -350,8 +316,8 @@ class Trainer:
         if world > 1:
             self.replicas_in_sync = self._replicas_in_sync()
             if not self.replicas_in_sync:
-                self._print("warning: the processes ended with different weights; gradients were not synchronised",
-                            warn=True)
+                self._inform("warning: the processes ended with different weights; gradients were not synchronised",
+                             warn=True)
 
     def _agree(self, finite: bool, stop: bool) -> tuple[bool, bool]:
         """Every process takes the same decisions (skip this batch, stop after it): one tiny all-reduce per step."""
@@ -430,8 +396,8 @@ class Trainer:
             raise KeyboardInterrupt  # a second Ctrl-C means now, without saving
         self.stop_requested, self.stop_signal, self._first_signal_at = True, signum, now
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        self._print(f"\n{name}: finishing this step and saving a checkpoint (press Ctrl-C again to abort without "
-                    "saving)", warn=True)
+        self._inform(f"\n{name}: finishing this step and saving a checkpoint (press Ctrl-C again to abort without "
+                     "saving)", warn=True)
 
     # ---- evaluate and save ----------------------------------------------------------------------------------------
 
@@ -444,44 +410,68 @@ class Trainer:
                                rank=self.rank, world=self.world)
 
     def finish(self) -> dict:
-        acc = self.accelerator
-        acc.wait_for_everyone()  # the main process may still be writing checkpoints/best
-        best = best_checkpoint(self.ckpt_dir)
-        if best is not None:  # the final model is the best one by validation ELBO
-            self.unwrapped.load_state_dict(load_weights(best / "model.safetensors"))
-        split = "test" if "test" in self.data.splits else "eval" if "eval" in self.data.splits else "train"
-        metrics = evaluate(self.unwrapped, self.data.splits[split], self.data.tokenizer, accelerator=acc,
-                           batch_size=self.cfg.eval_batch_size, iw_samples=self.cfg.iw_samples, seed=self.cfg.seed)
-        metrics.update(split=split, step=self.step, num_processes=acc.num_processes,
-                       nonfinite_steps=self.nonfinite_total, data=self.data.stats)
-        if self.replicas_in_sync is not None:
-            metrics["replicas_in_sync"] = self.replicas_in_sync
+        """The final model (the best by validation ELBO), its test metrics, final/, metrics.json, plots, the push."""
+        self.accelerator.wait_for_everyone()  # the main process may still be writing checkpoints/best
+        metrics = self._final_evaluation()
         if self.is_main:
-            final = self.out / "final"
-            tmp = self.out / ".final.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.unwrapped.save_pretrained(tmp)
-            self.data.tokenizer.save_pretrained(tmp)
-            (tmp / "recipe.yaml").write_text(yaml.safe_dump(self.recipe.raw, sort_keys=False))
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-            replace_dir(tmp, final)
-            write_json_atomic(self.out / "metrics.json", metrics)
-            plot_training_curves(self.out / "log.jsonl", self.out / "training_curves.png")
-            if "code_usage" in metrics:
-                code_usage_heatmap(metrics["code_usage"], self.out / "code_usage.png", title=f"code usage on {split}")
-            self._print(format_metrics(metrics))
-            self._print(f"final model: {final}")
+            final = self._write_final(metrics)
+            self._plot(metrics)
+            self._inform(format_metrics(metrics))
+            self._inform(f"final model: {final}")
             if self.recipe.hub.repo_id:
-                from .hub import push_to_hub
-                url = push_to_hub(final, self.recipe.hub.repo_id, private=self.recipe.hub.private,
-                                  revision=self.recipe.hub.revision)
-                self._print(f"pushed to {url}")
-        acc.wait_for_everyone()
+                self._push(final)
+        self.accelerator.wait_for_everyone()
         return metrics
 
+    def _final_evaluation(self) -> dict:
+        """Load checkpoints/best (when validation ran) and evaluate it on test, else eval, else train."""
+        best = best_checkpoint(self.ckpt_dir)
+        if best is not None:
+            self.unwrapped.load_state_dict(load_weights(best / "model.safetensors"))
+        split = "test" if "test" in self.data.splits else "eval" if "eval" in self.data.splits else "train"
+        metrics = evaluate(self.unwrapped, self.data.splits[split], self.data.tokenizer, accelerator=self.accelerator,
+                           batch_size=self.cfg.eval_batch_size, iw_samples=self.cfg.iw_samples, seed=self.cfg.seed)
+        metrics.update(split=split, step=self.step, num_processes=self.world, nonfinite_steps=self.nonfinite_total,
+                       data=self.data.stats)
+        if self.replicas_in_sync is not None:
+            metrics["replicas_in_sync"] = self.replicas_in_sync
+        return metrics
+
+    def _write_final(self, metrics: dict) -> Path:
+        """final/ (weights, tokenizer, recipe.yaml, metrics.json) renamed into place whole, then output_dir/metrics.json."""
+        final, tmp = self.out / "final", self.out / ".final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.unwrapped.save_pretrained(tmp)
+        self.data.tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(self.recipe.raw, sort_keys=False))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        replace_dir(tmp, final)
+        write_json_atomic(self.out / "metrics.json", metrics)
+        return final
+
+    def _plot(self, metrics: dict) -> None:
+        plot_training_curves(self.out / "log.jsonl", self.out / "training_curves.png")
+        if "code_usage" in metrics:
+            code_usage_heatmap(metrics["code_usage"], self.out / "code_usage.png",
+                               title=f"code usage on {metrics['split']}")
+
+    def _push(self, final: Path) -> None:
+        from .hub import push_to_hub
+        hub = self.recipe.hub
+        url = push_to_hub(final, hub.repo_id, private=hub.private, revision=hub.revision)
+        self._inform(f"pushed to {url}")
+
+    def _counters(self) -> dict:
+        """What trainer.json holds: everything besides weights, optimizer, scheduler and RNG that resume restores."""
+        return {"step": self.step, "batches_seen": self.batches_seen, "best_elbo": self.best_elbo,
+                "nonfinite_steps": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
+                "log_lines": self.log_lines, "elapsed_s": self.elapsed, "running": self.running,
+                "num_processes": self.world, "total_steps": self.total_steps,
+                "rate_controller": self.rate.state_dict() if self.rate is not None else None}
+
     def save_checkpoint(self) -> None:
-        """checkpoints/step-XXXXXXX/: weights (safetensors), optimizer, scheduler, every process's RNG states and the
-        counters. Written into a temporary folder and renamed, so a checkpoint that exists is complete."""
+        """checkpoints/step-XXXXXXX/: weights, optimizer, scheduler, every process's RNG states and the counters,
+        written atomically (checkpointing.write_checkpoint); the oldest beyond train.keep_checkpoints are deleted."""
         rng = rng_state()
         if self.world > 1:
             from accelerate.utils import gather_object
@@ -490,39 +480,16 @@ class Trainer:
             rngs = [rng]
         if not self.is_main:
             return
-        from safetensors.torch import save_file
-        name = checkpoint_name(self.step)
-        if (self.ckpt_dir / name).is_dir() and self._saved_step == self.step:
+        folder = self.ckpt_dir / checkpoint_name(self.step)
+        if folder.is_dir() and self._saved_step == self.step:
             return  # already saved at this step (Ctrl-C right after a periodic checkpoint)
-        tmp = self.ckpt_dir / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(self.unwrapped.state_dict(), tmp / "model.safetensors")
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rngs},
-                   tmp / "state.pt")
-        trainer = {"step": self.step, "batches_seen": self.batches_seen, "best_elbo": self.best_elbo,
-                   "nonfinite_steps": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
-                   "log_lines": self.log_lines, "elapsed_s": self.elapsed, "running": self.running,
-                   "num_processes": self.world, "total_steps": self.total_steps,
-                   "rate_controller": self.rate.state_dict() if self.rate is not None else None}
-        (tmp / "trainer.json").write_text(json.dumps(trainer))
-        _fsync_dir_files(tmp)
-        replace_dir(tmp, self.ckpt_dir / name)
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rngs}
+        write_checkpoint(folder, self.unwrapped.state_dict(), self._counters(), state)
         self._saved_step = self.step
-        for old in sorted(self.ckpt_dir.glob("step-*"))[:-self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    _saved_step: int | None = None
+        prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
 
     def _save_best(self) -> None:
-        from safetensors.torch import save_file
-        tmp = self.ckpt_dir / ".best.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(self.unwrapped.state_dict(), tmp / "model.safetensors")
-        (tmp / "trainer.json").write_text(json.dumps({"step": self.step, "elbo": self.best_elbo}))
-        _fsync_dir_files(tmp)
-        replace_dir(tmp, self.ckpt_dir / "best")
+        write_checkpoint(self.ckpt_dir / "best", self.unwrapped.state_dict(), {"step": self.step, "elbo": self.best_elbo})
 
     def load_checkpoint(self, path: Path, contents: tuple | None = None) -> None:
         """Restore everything save_checkpoint wrote (``contents``: what read_checkpoint already read from it). Raises
@@ -542,8 +509,8 @@ class Trainer:
             set_rng_state(rngs[0])
             if self.rank:
                 torch.manual_seed(self.cfg.seed + self.rank + 1000 * trainer["step"])
-            self._print(f"note: {path} was written by {len(rngs)} processes, this run has {self.world}; training "
-                        "continues, but not bitwise as the original run would have", warn=True)
+            self._inform(f"note: {path} was written by {len(rngs)} processes, this run has {self.world}; training "
+                         "continues, but not bitwise as the original run would have", warn=True)
         self.step, self.batches_seen = trainer["step"], trainer["batches_seen"]
         self.best_elbo = trainer["best_elbo"]
         self.nonfinite_total, self.nonfinite_run = trainer["nonfinite_steps"], trainer["nonfinite_run"]
@@ -554,178 +521,54 @@ class Trainer:
         self.resumed_from = path
         # checkpoints/best may come from steps after this checkpoint (the run died between the two): it is still a
         # model this run trained and validated, so only a better validation ELBO replaces it
-        best = best_checkpoint(self.ckpt_dir)
-        if best is not None:
-            try:
-                self.best_elbo = max(self.best_elbo, json.loads((best / "trainer.json").read_text())["elbo"])
-            except (OSError, ValueError, KeyError):
-                pass
+        recorded = recorded_best_elbo(self.ckpt_dir)
+        if recorded is not None:
+            self.best_elbo = max(self.best_elbo, recorded)
 
     # ---- output ---------------------------------------------------------------------------------------------------
 
     def _log(self, log_file, record: dict) -> None:
+        """One record to log.jsonl, and its numbers to the trackers of train.log_with (main process only)."""
         if log_file is not None:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
             self.log_lines += 1
-            self._tensorboard(record)
-
-    def _tensorboard(self, record: dict) -> None:
-        """The same scalars to TensorBoard (output_dir/tensorboard) when it is installed: pip install 'textdvae[tensorboard]'."""
-        if self.tb_writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self.tb_writer = False
-                return
-            self.tb_writer = SummaryWriter(str(self.out / "tensorboard"))
-        if self.tb_writer:
             prefix = record.get("split", "train")
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-                    self.tb_writer.add_scalar(f"{prefix}/{key}", value, record.get("step", 0))
-            self.tb_writer.flush()
+            scalars = {f"{prefix}/{key}": value for key, value in record.items()
+                       if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step"}
+            if scalars:
+                self.accelerator.log(scalars, step=record.get("step", 0))
 
-    def _print(self, text: str, warn: bool = False) -> None:
+    def _inform(self, text: str, warn: bool = False) -> None:
+        """A message for the user, from the main process only, through this module's logger."""
         if self.is_main:
-            tqdm.write(text, file=sys.stderr if warn else None)
+            logger.log(logging.WARNING if warn else logging.INFO, text)
 
 
-# ---- checkpoints --------------------------------------------------------------------------------------------------
+def available_trackers(names: list[str]) -> tuple[list[str], list[str]]:
+    """train.log_with split into (trackers whose packages are installed, those that are not); accelerate itself
+    would drop the missing ones silently."""
+    from accelerate.tracking import get_available_trackers
+
+    installed = {str(getattr(t, "value", t)) for t in get_available_trackers()}
+    missing = [name for name in names if name != "all" and name not in installed]
+    return [name for name in names if name not in missing], missing
+
+
+def flat_config(raw: dict, prefix: str = "") -> dict[str, Any]:
+    """The recipe as flat ``section.key`` hyperparameters of the plain types every tracker accepts."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    return flat
 
 
 def _has_gpu() -> bool:
     xpu = getattr(torch, "xpu", None)
     return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:07d}"
-
-
-def checkpoints_newest_first(ckpt_dir: Path) -> list[Path]:
-    """The checkpoint folders (step-XXXXXXX, complete by construction), newest first; temporary folders never."""
-    return sorted((p for p in Path(ckpt_dir).glob("step-*") if p.is_dir()), reverse=True)
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    found = checkpoints_newest_first(ckpt_dir)
-    return found[0] if found else None
-
-
-def best_checkpoint(ckpt_dir: Path) -> Path | None:
-    path = Path(ckpt_dir) / "best"
-    return path if (path / "model.safetensors").is_file() else None
-
-
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """(weights, optimizer/scheduler/RNG state, counters) of a checkpoint; CheckpointUnreadable says what is wrong."""
-    path = Path(path)
-    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
-    if missing:
-        raise CheckpointUnreadable(f"{', '.join(missing)} missing")
-    try:
-        weights = load_weights(path / "model.safetensors")
-    except Exception as err:  # safetensors' own error types for truncated or corrupt files
-        raise CheckpointUnreadable(f"model.safetensors is truncated or corrupt: {err}") from None
-    try:
-        state = torch.load(path / "state.pt", weights_only=True)  # our own file; weights_only never runs code
-        if not {"optimizer", "scheduler", "rng"} <= set(state):
-            raise ValueError(f"keys {sorted(state)}")
-    except Exception as err:
-        raise CheckpointUnreadable(f"state.pt is truncated or corrupt: {err}") from None
-    try:
-        trainer = json.loads((path / "trainer.json").read_text())
-        for key in ("step", "batches_seen", "best_elbo", "nonfinite_steps", "nonfinite_run", "log_lines", "elapsed_s",
-                    "running"):
-            trainer[key]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointUnreadable(f"trainer.json is truncated or corrupt: {err!r}") from None
-    return weights, state, trainer
-
-
-def clean_checkpoint_dir(ckpt_dir: Path) -> None:
-    """Remove what a killed run left half-done (.NAME.tmp), and finish an interrupted replace_dir (.NAME.old)."""
-    for tmp in Path(ckpt_dir).glob(".*.tmp"):
-        shutil.rmtree(tmp, ignore_errors=True)
-    for old in Path(ckpt_dir).glob(".*.old"):
-        target = old.with_name(old.name[1:-len(".old")])
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:  # killed between the two renames of replace_dir: the old folder is the complete one
-            os.replace(old, target)
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's random streams: torch CPU, CUDA (when present), python `random` and numpy's global one."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
-            "python": random.getstate(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-    return load_file(str(path))
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place: the old one is renamed away first, then the new one renamed in
-    (clean_checkpoint_dir repairs a kill between the two renames)."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir_files(folder: Path) -> None:
-    """Flush a folder's files to disk before it is renamed into place, so a power cut cannot leave the name
-    pointing at empty files."""
-    for path in folder.iterdir():
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-def truncate_lines(path: Path, n: int) -> None:
-    """Keep the first n lines of a text file (atomically); a missing file stays missing."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    if len(lines) <= n and all(line.endswith("\n") for line in lines):
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line if line.endswith("\n") else line + "\n" for line in lines[:n]))
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def format_metrics(metrics: dict) -> str:
-    keys = ("elbo", "rec", "kl", "nll", "nll_exact", "ppl", "mi", "active_latents", "au", "rec_token_acc", "rec_bleu")
-    rows = [f"  {k:<15} {metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"  {k:<15} {metrics.get(k)}"
-            for k in keys if k in metrics]
-    return f"metrics on {metrics.get('split', '?')}:\n" + "\n".join(rows)
 
 
 def train(recipe: Recipe) -> dict:
