@@ -79,13 +79,14 @@ class Explorer:
 
     def check_text(self, text: str | None, what: str = "the sentence") -> str:
         """A usable sentence, or gr.Error; words outside the vocabulary are named in a warning (they read as <unk>)."""
+        what = what[0].upper() + what[1:]
         if text is None or not text.strip():
-            raise gr.Error(f"{what.capitalize()} is empty: type at least one word.")
+            raise gr.Error(f"{what} is empty: type at least one word.")
         tok = self.model.tokenizer
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
         limit = explore.max_tokens(self.model) - 1  # EOS takes one position
         if len(enc["input_ids"]) > limit:
-            raise gr.Error(f"{what.capitalize()} is {len(enc['input_ids']):,} tokens long; this model reads at most "
+            raise gr.Error(f"{what} is {len(enc['input_ids']):,} tokens long; this model reads at most "
                            f"{limit} tokens. Shorten it.")
         unknown = [text[a:b] for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if i == tok.unk_token_id]
         if unknown:
