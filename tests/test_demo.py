@@ -256,6 +256,9 @@ def test_figures_from_the_run_folder(trained, tmp_path):
     assert figures["metrics"]["elbo"] == metrics["elbo"] and "kl_per_latent" not in figures["metrics"]
     assert [Path(p).name for p, _ in figures["images"]] == ["code_usage.png", "training_curves.png"]
     assert model_figures(str(tmp_path)) == {"metrics": {}, "images": []}
+    (tmp_path / "metrics.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="not valid JSON"):
+        assert model_figures(str(tmp_path)) == {"metrics": {}, "images": []}
 
 
 # ---- the command line ----------------------------------------------------------------------------------------------
@@ -271,7 +274,7 @@ def test_cli_without_the_extra_says_how_to_install(monkeypatch, trained):
 
 def test_cli_serves_the_page(trained, tmp_path):
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert main(["demo", str(tmp_path / "missing")]) == 2

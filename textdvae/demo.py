@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import warnings
 from pathlib import Path
 
 import gradio as gr
@@ -59,8 +60,13 @@ def model_figures(name: str, revision: str | None = None) -> dict:
                 continue
     metrics = {}
     if "metrics.json" in paths:
-        raw = json.loads(paths["metrics.json"].read_text(encoding="utf-8"))
-        metrics = {k: raw[k] for k in METRICS if isinstance(raw.get(k), (int, float)) and not isinstance(raw[k], bool)}
+        try:
+            raw = json.loads(paths["metrics.json"].read_text(encoding="utf-8"))
+        except ValueError as err:  # a side figure: the page still serves, without it
+            warnings.warn(f"{paths['metrics.json']} is not valid JSON ({err}); the page shows no metrics")
+            raw = {}
+        metrics = {k: raw[k] for k in METRICS if isinstance(raw, dict) and isinstance(raw.get(k), (int, float))
+                   and not isinstance(raw[k], bool)}
     images = [(str(paths[f]), f.removesuffix(".png").replace("_", " ")) for f in FIGURES if f in paths]
     return {"metrics": metrics, "images": images}
 
@@ -81,12 +87,12 @@ class Explorer:
         """A usable sentence, or gr.Error; words outside the vocabulary are named in a warning (they read as <unk>)."""
         what = what[0].upper() + what[1:]
         if text is None or not text.strip():
-            raise gr.Error(f"{what} is empty: type at least one word.")
+            raise _refuse(f"{what} is empty: type at least one word.")
         tok = self.model.tokenizer
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
         limit = explore.max_tokens(self.model) - 1  # EOS takes one position
         if len(enc["input_ids"]) > limit:
-            raise gr.Error(f"{what} is {len(enc['input_ids']):,} tokens long; this model reads at most "
+            raise _refuse(f"{what} is {len(enc['input_ids']):,} tokens long; this model reads at most "
                            f"{limit} tokens. Shorten it.")
         unknown = [text[a:b] for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if i == tok.unk_token_id]
         if unknown:
@@ -99,16 +105,16 @@ class Explorer:
         parts = re.split(r"[\s,]+", (code or "").strip())
         parts = [p for p in parts if p]
         if not parts:
-            raise gr.Error(f"The code is empty: give {self.N} categories, one per latent (encode a sentence first).")
+            raise _refuse(f"The code is empty: give {self.N} categories, one per latent (encode a sentence first).")
         bad = [p for p in parts if not re.fullmatch(r"[+-]?\d+", p)]
         if bad:
-            raise gr.Error(f"The code must be whole numbers; {bad[0]!r} is not one.")
+            raise _refuse(f"The code must be whole numbers; {bad[0]!r} is not one.")
         values = [int(p) for p in parts]
         if len(values) != self.N:
-            raise gr.Error(f"The code has {len(values)} categories; this model has {self.N} latents, give one each.")
+            raise _refuse(f"The code has {len(values)} categories; this model has {self.N} latents, give one each.")
         for i, v in enumerate(values):
             if not 0 <= v < self.K:
-                raise gr.Error(f"Latent z{i} has category {v}, outside [0, {self.K}): each latent takes 0..{self.K - 1}.")
+                raise _refuse(f"Latent z{i} has category {v}, outside [0, {self.K}): each latent takes 0..{self.K - 1}.")
         return values
 
     def run(self, fn, *args, **kwargs):
@@ -117,7 +123,7 @@ class Explorer:
             try:
                 return fn(*args, **kwargs)
             except ValueError as err:
-                raise gr.Error(str(err)) from None
+                raise _refuse(str(err)) from None
 
     # ---- encode ---------------------------------------------------------------------------------------------------
 
@@ -130,21 +136,24 @@ class Explorer:
     def encode(self, text: str):
         """-> (grid, reconstruction, code, decoded, probs state)."""
         text = self.check_text(text)
-        codes, probs = self.run(self.model.encode, [text])
-        rec = self.run(self.model.decode, codes, max_length=MAX_LENGTH)[0]
+        codes, probs, rec = self.run(self._encode, text)  # one turn at the model: waiting twice doubles the wait
         code, probs = codes[0].tolist(), probs[0].tolist()
         return self.grid(probs, code), rec, _code_text(code), rec, probs
 
     def pick(self, probs: list[list[float]] | None, code: str, evt: gr.SelectData):
         """A click on cell (latent i, category k): set z_i = k and decode -> (grid, code, decoded)."""
         if not probs:
-            raise gr.Error("Encode a sentence first; then click a cell to set that latent to that category.")
+            raise _refuse("Encode a sentence first; then click a cell to set that latent to that category.")
         row, col = evt.index
         values = self.parse_code(code)
         if col == 0:  # the latent's name
-            raise gr.Error("Click a category (a number column) to set that latent to it.")
+            raise _refuse("Click a category (a number column) to set that latent to it.")
         values[row] = col - 1
         return self.grid(probs, values), _code_text(values), self.decode_code(_code_text(values))
+
+    def _encode(self, text: str):
+        codes, probs = self.model.encode([text])
+        return codes, probs, self.model.decode(codes, max_length=MAX_LENGTH)[0]
 
     def decode_code(self, code: str) -> str:
         values = self.parse_code(code)
@@ -168,20 +177,20 @@ class Explorer:
     def traverse(self, text: str, latent: float | None) -> dict:
         text = self.check_text(text)
         if latent is None or latent != int(latent) or not 0 <= latent < self.N:
-            raise gr.Error(f"Latent {latent} does not exist: this model has latents 0..{self.N - 1}.")
+            raise _refuse(f"Latent {latent} does not exist: this model has latents 0..{self.N - 1}.")
         rows = self.run(self.model.traverse, text, int(latent), max_length=MAX_LENGTH)
         return _table([{"category": r["category"], "": "◀ the sentence's own" if r["original"] else "",
                               "text": r["text"]} for r in rows])
 
     def sample(self, n: float, strategy: str, top_p: float, seed: float) -> dict:
         if n is None or n != int(n) or not 1 <= n <= MAX_SAMPLES:
-            raise gr.Error(f"Ask for 1..{MAX_SAMPLES} sentences, not {n}.")
+            raise _refuse(f"Ask for 1..{MAX_SAMPLES} sentences, not {n}.")
         if seed is None or seed != int(seed):
-            raise gr.Error(f"The seed must be a whole number, not {seed}.")
+            raise _refuse(f"The seed must be a whole number, not {seed}.")
         decoding = {"greedy": {"strategy": "greedy"}, "beam": {"strategy": "beam", "num_beams": 4},
                     "top-p": {"strategy": "sample", "top_p": top_p}}
         if strategy not in decoding:
-            raise gr.Error(f"Decoding {strategy!r} is not one of {', '.join(decoding)}.")
+            raise _refuse(f"Decoding {strategy!r} is not one of {', '.join(decoding)}.")
         gen = torch.Generator().manual_seed(int(seed))
         texts, codes = self.run(self.model.sample, int(n), generator=gen, max_length=MAX_LENGTH, **decoding[strategy])
         if codes is None:  # a language model: no latent
@@ -189,6 +198,11 @@ class Explorer:
         if self.model.config.latent == "gaussian":
             return _table([{"z": " ".join(f"{v:.2f}" for v in z.tolist()), "text": t} for z, t in zip(codes, texts)])
         return _table([{"codes": _code_text(c.tolist()), "text": t} for c, t in zip(codes, texts)])
+
+
+def _refuse(message: str) -> gr.Error:
+    """Bad input: a message on the page, no traceback on the server's console (nothing went wrong there)."""
+    return gr.Error(message, print_exception=False)
 
 
 def _code_text(code: list[int]) -> str:
@@ -243,7 +257,7 @@ def build_demo(model, figures: dict | None = None, title: str | None = None) -> 
                     steps = gr.Slider(2, 12, value=5, step=1, label="Points on a simplex path")
                     go = gr.Button("Interpolate", variant="primary", elem_id="interp-go")
                 path = gr.Dataframe(label="Path from A's reconstruction to B's", interactive=False, wrap=True,
-                                    elem_id="path")
+                                    elem_id="path", max_height=1200)
                 go.click(ex.interpolate, [a, b, method, steps], [path], api_name="interpolate")
             else:
                 gr.Markdown(no_grid)
