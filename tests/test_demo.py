@@ -30,7 +30,7 @@ from textdvae.demo import Explorer, build_demo, launch, model_figures  # noqa: E
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from hub_server import HubServer, child_result, run_cli_with_hub, run_with_hub  # noqa: E402
+from hub_server import HubServer, child_result, run_with_hub  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it); Playwright's own download is not possible
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -300,7 +300,14 @@ def test_cli_serves_the_page(trained, tmp_path):
 # ---- the Space ----------------------------------------------------------------------------------------------------
 
 SPACE_CHECK = """
-import json, runpy, sys
+import contextlib, io, json, runpy, sys
+from textdvae.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    rc = main(["push", sys.argv[1], "user/tiny", "--space"])
+assert rc == 0 and "pushed the demo Space to" in out.getvalue(), out.getvalue()
+for name in [m for m in sys.modules if m == "textdvae" or m.startswith("textdvae.")]:
+    del sys.modules[name]  # what follows runs the Space's own copy of the package, as a Space would
 from huggingface_hub import snapshot_download
 space = snapshot_download("user/tiny", repo_type="space")
 sys.path.insert(0, space)
@@ -316,19 +323,19 @@ print("@@RESULT@@" + json.dumps({"textdvae": textdvae.__file__, "space": space, 
 
 
 def test_push_space_serves_the_model_by_repo_id(trained):
+    """`textdvae push --space` (the command line's main, in a child wired to the loopback Hub), then the Space's
+    app.py run from a download of the Space: it loads the model by repo id and builds the page."""
     with HubServer() as hub:
-        push = run_cli_with_hub(["push", trained.path, "user/tiny", "--space"], hub)
-        assert push.returncode == 0, push.stderr
-        assert "pushed the demo Space to" in push.stdout
+        result = child_result(run_with_hub(SPACE_CHECK.replace("sys.argv[1]", repr(str(trained.path))), hub, cwd="/"))
+        assert hub.repo_ids() == ["user/tiny"] and "model.safetensors" in hub.files("user/tiny")
         assert hub.repo_ids("space") == ["user/tiny"] and hub.space_sdk("user/tiny") == "gradio"
         files = hub.files("user/tiny", repo_type="space")
-        assert 'MODEL = "user/tiny"' in files["app.py"].decode()
-        requirements = files["requirements.txt"].decode().split()
-        assert any(r.startswith("gradio") for r in requirements) and any(r.startswith("torch") for r in requirements)
-        assert "sdk: gradio" in files["README.md"].decode() and "app_file: app.py" in files["README.md"].decode()
-        assert files["textdvae/demo.py"] == (ROOT / "textdvae" / "demo.py").read_bytes()
-        assert "model.safetensors" not in files  # the Space loads the model from its own repo
-        result = child_result(run_with_hub(SPACE_CHECK, hub, cwd="/"))
+    assert 'MODEL = "user/tiny"' in files["app.py"].decode()
+    requirements = files["requirements.txt"].decode().split()
+    assert any(r.startswith("gradio") for r in requirements) and any(r.startswith("torch") for r in requirements)
+    assert "sdk: gradio" in files["README.md"].decode() and "app_file: app.py" in files["README.md"].decode()
+    assert files["textdvae/demo.py"] == (ROOT / "textdvae" / "demo.py").read_bytes()
+    assert "model.safetensors" not in files  # the Space loads the model from its own repo
     assert result["textdvae"].startswith(result["space"])  # the Space runs its own copy of the package
     assert result["title"] == "textdvae: user/tiny" and result["host"] is None  # Gradio's default: a Space's address
     assert result["rec"] == trained.model.reconstruct(["the farmer watches the nurse quickly ."])[0]
