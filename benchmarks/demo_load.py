@@ -36,7 +36,8 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (k - lo)
 
 
-def client_run(url: str, cid: int, requests: int, sentences: list[str], out: list, errors: list, start: threading.Barrier):
+def client_run(url: str, cid: int, requests: int, sentences: list[str], out: list, errors: list,
+               start: threading.Barrier):
     """One client: `requests` calls, even ones interpolate (hamming) between two corpus sentences, odd ones encode."""
     from gradio_client import Client
 
@@ -103,7 +104,8 @@ def main() -> None:
 
     total = args.clients * args.requests
     row = {"model": args.model, "clients": args.clients, "requests_per_client": args.requests, "requests": total,
-           "failed": total - len(latencies), "wall_s": round(wall, 1), "requests_per_s": round(len(latencies) / wall, 2),
+           "failed": total - len(latencies), "wall_s": round(wall, 1),
+           "requests_per_s": round(len(latencies) / wall, 2),
            "load_average_at_start": round(load, 1), "cpu_cores": os.cpu_count()}
     for kind in ("all", "interpolate", "encode"):
         ms = [1000 * s for k, s in latencies if kind in ("all", k)]
@@ -134,7 +136,8 @@ def write_readme(row: dict) -> None:
         "",
         "| requests | p50 | p95 |",
         "|---|---|---|",
-        *(f"| {kind} | {row[kind]['p50_ms']} ms | {row[kind]['p95_ms']} ms |" for kind in ("all", "interpolate", "encode")),
+        *(f"| {kind} | {row[kind]['p50_ms']} ms | {row[kind]['p95_ms']} ms |"
+          for kind in ("all", "interpolate", "encode")),
     ]
     README.write_text(text[:start + len(README_START)] + "\n" + "\n".join(lines) + "\n" + text[end:])
 

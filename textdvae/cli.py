@@ -262,8 +262,8 @@ def cmd_demo(args) -> int:
     from .demo import build_demo, launch, model_figures
 
     model, _ = load_model(args.model, args.revision)
-    launch(build_demo(model, model_figures(args.model, args.revision), title=f"textdvae: {args.model}"), args.host, args.port,
-           share=args.share)
+    page = build_demo(model, model_figures(args.model, args.revision), title=f"textdvae: {args.model}")
+    launch(page, args.host, args.port, share=args.share)
     return 0
 
 

@@ -114,7 +114,8 @@ class Explorer:
             raise _refuse(f"The code has {len(values)} categories; this model has {self.N} latents, give one each.")
         for i, v in enumerate(values):
             if not 0 <= v < self.K:
-                raise _refuse(f"Latent z{i} has category {v}, outside [0, {self.K}): each latent takes 0..{self.K - 1}.")
+                raise _refuse(f"Latent z{i} has category {v}, outside [0, {self.K}): "
+                              f"each latent takes 0..{self.K - 1}.")
         return values
 
     def run(self, fn, *args, **kwargs):
@@ -179,8 +180,8 @@ class Explorer:
         if latent is None or latent != int(latent) or not 0 <= latent < self.N:
             raise _refuse(f"Latent {latent} does not exist: this model has latents 0..{self.N - 1}.")
         rows = self.run(self.model.traverse, text, int(latent), max_length=MAX_LENGTH)
-        return _table([{"category": r["category"], "": "◀ the sentence's own" if r["original"] else "",
-                              "text": r["text"]} for r in rows])
+        return _table([{"category": r["category"], "mark": "◀ the sentence's own" if r["original"] else "",
+                        "text": r["text"]} for r in rows])
 
     def sample(self, n: float, strategy: str, top_p: float, seed: float) -> dict:
         if n is None or n != int(n) or not 1 <= n <= MAX_SAMPLES:
@@ -219,8 +220,10 @@ def build_demo(model, figures: dict | None = None, title: str | None = None) -> 
     ex = Explorer(model)
     c = model.config
     categorical = c.latent == "categorical"
-    no_grid = (f"This model has `latent: {c.latent}` ({'a continuous Gaussian z' if c.latent == 'gaussian' else 'no latent: a language model'}), "
-               "so it has no code grid to encode into, interpolate across or traverse. **Sample** works.")
+    kind = {"gaussian": "a continuous Gaussian z", "none": "no latent: a language model"}.get(c.latent, "")
+    prior = {"gaussian": "N(0, I)", "none": "none: a language model"}.get(c.latent, c.prior)
+    no_grid = (f"This model has `latent: {c.latent}` ({kind}), so it has no code grid to encode into, interpolate "
+               "across or traverse. **Sample** works.")
     with gr.Blocks(title=title or "textdvae demo", analytics_enabled=False) as page:
         gr.Markdown(f"# {title or 'textdvae: explore the code space'}\n" + (
             f"Each sentence is a code of **N = {c.num_latents}** latents with **K = {c.num_categories}** categories "
@@ -272,8 +275,7 @@ def build_demo(model, figures: dict | None = None, title: str | None = None) -> 
             else:
                 gr.Markdown(no_grid)
         with gr.Tab("Sample"):
-            gr.Markdown(f"Codes drawn from the model's prior ({'N(0, I)' if c.latent == 'gaussian' else c.prior if categorical else 'none: a language model'}), "
-                        "then decoded.")
+            gr.Markdown(f"Codes drawn from the model's prior ({prior}), then decoded.")
             with gr.Row():
                 n = gr.Slider(1, MAX_SAMPLES, value=5, step=1, label="Sentences")
                 strategy = gr.Radio(["greedy", "beam", "top-p"], value="greedy", label="Decoding")
