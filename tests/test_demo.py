@@ -272,6 +272,16 @@ def test_cli_without_the_extra_says_how_to_install(monkeypatch, trained):
     assert "pip install 'textdvae[demo]'" in err.getvalue()
 
 
+def test_cli_refuses_a_busy_port(trained):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port, err = busy.getsockname()[1], io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(["demo", str(trained.path), "--port", str(port)]) == 2
+    assert f"cannot serve on 127.0.0.1:{port}" in err.getvalue() and "another --port" in err.getvalue()
+
+
 def test_cli_serves_the_page(trained, tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -330,7 +340,7 @@ def test_push_space_serves_the_model_by_repo_id(trained):
         assert hub.repo_ids() == ["user/tiny"] and "model.safetensors" in hub.files("user/tiny")
         assert hub.repo_ids("space") == ["user/tiny"] and hub.space_sdk("user/tiny") == "gradio"
         files = hub.files("user/tiny", repo_type="space")
-    assert 'MODEL = "user/tiny"' in files["app.py"].decode()
+    assert 'MODEL, REVISION = "user/tiny", None' in files["app.py"].decode()
     requirements = files["requirements.txt"].decode().split()
     assert any(r.startswith("gradio") for r in requirements) and any(r.startswith("torch") for r in requirements)
     assert "sdk: gradio" in files["README.md"].decode() and "app_file: app.py" in files["README.md"].decode()

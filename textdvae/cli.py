@@ -248,7 +248,7 @@ def cmd_push(args) -> int:
     if args.space:
         from .hub import push_space
 
-        print(f"pushed the demo Space to {push_space(args.repo_id, private=args.private)}")
+        print(f"pushed the demo Space to {push_space(args.repo_id, revision=args.revision, private=args.private)}")
     return 0
 
 
@@ -263,7 +263,10 @@ def cmd_demo(args) -> int:
 
     model, _ = load_model(args.model, args.revision)
     page = build_demo(model, model_figures(args.model, args.revision), title=f"textdvae: {args.model}")
-    launch(page, args.host, args.port, share=args.share)
+    try:
+        launch(page, args.host, args.port, share=args.share)
+    except OSError as err:  # Gradio's "Cannot find empty port", or an address this machine does not have
+        raise InputError(f"cannot serve on {args.host}:{args.port} ({err}); pass another --port or --host") from None
     return 0
 
 
@@ -336,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision")
     p.add_argument("--commit-message")
     p.add_argument("--space", action="store_true",
-                   help="also create a Gradio Space of the same id whose app.py serves `textdvae demo REPO_ID`")
+                   help="also create a Gradio Space of the same id whose app.py serves `textdvae demo REPO_ID` "
+                   "(at --revision)")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("demo", help="a page in the browser to explore the code space (pip install 'textdvae[demo]')")

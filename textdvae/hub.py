@@ -545,15 +545,16 @@ SPACE_APP = '''"""The textdvae demo page for the model {repo_id}: explore its co
 from textdvae.cli import load_model
 from textdvae.demo import build_demo, launch, model_figures
 
-MODEL = "{repo_id}"
+MODEL, REVISION = "{repo_id}", {revision!r}
 
-model, _ = load_model(MODEL)
-launch(build_demo(model, model_figures(MODEL), title=f"textdvae: {{MODEL}}"))
+model, _ = load_model(MODEL, REVISION)
+launch(build_demo(model, model_figures(MODEL, REVISION), title=f"textdvae: {{MODEL}}"))
 '''
 
 
-def space_files(repo_id: str) -> dict[str, bytes]:
-    """The files of a Gradio Space that serves `textdvae demo REPO_ID`: ``app.py`` (loads the model by repo id),
+def space_files(repo_id: str, revision: str | None = None) -> dict[str, bytes]:
+    """The files of a Gradio Space that serves `textdvae demo REPO_ID`: ``app.py`` (loads the model by repo id, at
+    ``revision``: None for the default branch),
     ``requirements.txt`` (textdvae's dependencies and its ``demo`` extra, read from the installed package's
     metadata), ``README.md`` (the Space's settings: ``sdk: gradio``) and the ``textdvae/`` source itself, since the
     Space cannot pip-install it from a package index."""
@@ -579,7 +580,7 @@ def space_files(repo_id: str) -> dict[str, bytes]:
               f"# textdvae demo: {repo_id}\n\nThe page of `textdvae demo {repo_id}`: encode a sentence into its code, "
               "click a latent's category to decode the edited code, interpolate and traverse in code space, and "
               f"sample from the prior. The model: [{repo_id}](https://huggingface.co/{repo_id}).\n")
-    files = {"app.py": SPACE_APP.format(repo_id=repo_id).encode("utf-8"),
+    files = {"app.py": SPACE_APP.format(repo_id=repo_id, revision=revision).encode("utf-8"),
              "requirements.txt": ("\n".join(requirements) + "\n").encode("utf-8"),
              "README.md": readme.encode("utf-8")}
     package = Path(__file__).resolve().parent
@@ -587,15 +588,16 @@ def space_files(repo_id: str) -> dict[str, bytes]:
     return files
 
 
-def push_space(repo_id: str, *, private: bool = False, token: str | None = None) -> str:
-    """Create (or update) the Gradio Space ``repo_id`` that serves the demo page of the model ``repo_id``, in one
-    commit of :func:`space_files`. Returns the commit URL; raises :class:`HubError` on any failure."""
+def push_space(repo_id: str, *, revision: str | None = None, private: bool = False, token: str | None = None) -> str:
+    """Create (or update) the Gradio Space ``repo_id`` that serves the demo page of the model ``repo_id`` (at
+    ``revision``), in one commit of :func:`space_files`. Returns the commit URL; raises :class:`HubError` on any
+    failure."""
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     api = HfApi(token=token)
     operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
-                  for path, data in space_files(repo_id).items()]
+                  for path, data in space_files(repo_id, revision).items()]
     try:
         url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         info = api.create_commit(url.repo_id or repo_id, operations, repo_type="space",
