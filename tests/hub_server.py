@@ -138,6 +138,7 @@ class _Repo:
     branches: dict[str, str] = field(default_factory=dict)  # name -> commit oid
     tags: dict[str, str] = field(default_factory=dict)
     pulls: dict[int, str] = field(default_factory=dict)  # PR number -> head oid (ref refs/pr/N)
+    sdk: str | None = None  # a Space's SDK (gradio, docker, static), as given at creation
 
     def resolve(self, revision: str) -> _Commit | None:
         if revision in self.branches:
@@ -193,8 +194,8 @@ class _HubState:
         repo.commits[commit.oid] = commit
         return commit
 
-    def create_repo(self, repo_type: str, repo_id: str, private: bool) -> _Repo:
-        repo = _Repo(repo_type=repo_type, repo_id=repo_id, private=private, created_at=_now_iso())
+    def create_repo(self, repo_type: str, repo_id: str, private: bool, sdk: str | None = None) -> _Repo:
+        repo = _Repo(repo_type=repo_type, repo_id=repo_id, private=private, created_at=_now_iso(), sdk=sdk)
         initial = self.new_commit(repo, None, {".gitattributes": DEFAULT_GITATTRIBUTES}, "initial commit")
         repo.branches["main"] = initial.oid
         self.repos[(repo_type, repo_id)] = repo
@@ -445,12 +446,15 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f"{namespace}/{name}"
         visibility = payload.get("visibility")
         private = bool(payload.get("private")) or visibility in ("private", "protected")
+        sdk = payload.get("sdk")
+        if repo_type == "space" and sdk not in ("gradio", "docker", "static"):
+            raise _HTTPError(400, f"Invalid sdk {sdk!r} for a Space: expected gradio, docker or static")
         with self.hub.lock:
             existing = self.hub.repos.get((repo_type, repo_id))
             if existing is not None:
                 # the client (create_repo(exist_ok=True)) reads "url" from this 409 body
                 raise _HTTPError(409, f"You already created this {repo_type} repo", body={"url": self.hub.repo_url(existing)})
-            repo = self.hub.create_repo(repo_type, repo_id, private)
+            repo = self.hub.create_repo(repo_type, repo_id, private, sdk if repo_type == "space" else None)
         url = self.hub.repo_url(repo)
         self._send_json({"url": url, "name": repo_id, "id": repo_id})
 
@@ -512,7 +516,7 @@ class _Handler(BaseHTTPRequestHandler):
             if repo_type == "model":
                 info["modelId"] = repo_id
             if repo_type == "space":
-                info["sdk"] = "static"
+                info["sdk"] = repo.sdk
         self._send_json(info)
 
     @staticmethod
@@ -872,6 +876,11 @@ class HubServer:
     def repo_ids(self, repo_type: str = "model") -> list[str]:
         with self._hub.lock:
             return sorted(r for t, r in self._hub.repos if t == repo_type)
+
+    def space_sdk(self, repo_id: str) -> str | None:
+        """The SDK a Space was created with."""
+        with self._hub.lock:
+            return self._repo(repo_id, "space").sdk
 
     def is_private(self, repo_id: str, *, repo_type: str = "model") -> bool:
         with self._hub.lock:

@@ -1,4 +1,4 @@
-"""`textdvae SUBCOMMAND ...`: train, eval, encode, reconstruct, sample, interpolate, traverse, push.
+"""`textdvae SUBCOMMAND ...`: train, eval, encode, reconstruct, sample, interpolate, traverse, push, demo.
 
 User errors (a bad recipe, bad data, a missing model) print one paragraph and exit with status 2; `--debug`
 shows the traceback instead. The package reports through the ``textdvae`` logger; the CLI prints its messages,
@@ -246,6 +246,28 @@ def cmd_push(args) -> int:
     url = push_to_hub(args.model_dir, args.repo_id, private=args.private, revision=args.revision,
                       commit_message=args.commit_message)
     print(f"pushed {args.model_dir} to {url}")
+    if args.space:
+        from .hub import push_space
+
+        print(f"pushed the demo Space to {push_space(args.repo_id, revision=args.revision, private=args.private)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    try:
+        import gradio  # noqa: F401  (the optional extra)
+    except ImportError:
+        print("textdvae demo: error: the demo page needs Gradio, which is not installed; install the extra with "
+              "pip install 'textdvae[demo]'", file=sys.stderr)
+        return 2
+    from .demo import build_demo, launch, model_figures
+
+    model, _ = load_model(args.model, args.revision)
+    page = build_demo(model, model_figures(args.model, args.revision), title=f"textdvae: {args.model}")
+    try:
+        launch(page, args.host, args.port, share=args.share)
+    except OSError as err:  # Gradio's "Cannot find empty port", or an address this machine does not have
+        raise InputError(f"cannot serve on {args.host}:{args.port} ({err}); pass another --port or --host") from None
     return 0
 
 
@@ -317,7 +339,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.add_argument("--revision")
     p.add_argument("--commit-message")
+    p.add_argument("--space", action="store_true",
+                   help="also create a Gradio Space of the same id whose app.py serves `textdvae demo REPO_ID` "
+                   "(at --revision)")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("demo", help="a page in the browser to explore the code space (pip install 'textdvae[demo]')")
+    p.add_argument("model", help="a final/ folder or a Hub repo id")
+    p.add_argument("--revision", help="Hub revision")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HubError", "generation_config_dict", "make_model_card", "push_to_hub"]
+__all__ = ["HubError", "generation_config_dict", "make_model_card", "push_space", "push_to_hub"]
 
 
 class HubError(Exception):
@@ -534,5 +534,78 @@ def push_to_hub(
     except Exception as e:
         if _is_network_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
             raise HubError(_explain(e, repo_id, endpoint)) from e
+        raise
+    return str(info.commit_url)
+
+
+# ----------------------------------------------------------------------------------------- space
+
+SPACE_APP = '''"""The textdvae demo page for the model {repo_id}: explore its code space in the browser."""
+
+from textdvae.cli import load_model
+from textdvae.demo import build_demo, launch, model_figures
+
+MODEL, REVISION = "{repo_id}", {revision!r}
+
+model, _ = load_model(MODEL, REVISION)
+launch(build_demo(model, model_figures(MODEL, REVISION), title=f"textdvae: {{MODEL}}"))
+'''
+
+
+def space_files(repo_id: str, revision: str | None = None) -> dict[str, bytes]:
+    """The files of a Gradio Space that serves `textdvae demo REPO_ID`: ``app.py`` (loads the model by repo id, at
+    ``revision``: None for the default branch),
+    ``requirements.txt`` (textdvae's dependencies and its ``demo`` extra, read from the installed package's
+    metadata), ``README.md`` (the Space's settings: ``sdk: gradio``) and the ``textdvae/`` source itself, since the
+    Space cannot pip-install it from a package index."""
+    from importlib import metadata
+
+    import yaml
+
+    try:
+        requires = metadata.requires("textdvae") or []
+    except metadata.PackageNotFoundError:
+        raise HubError("textdvae is not installed as a package, so the Space's requirements.txt cannot be written; "
+                       "install it with pip install -e '.[demo]'") from None
+    plain = [r for r in requires if ";" not in r]
+    demo = [r.split(";")[0].strip() for r in requires if re.search(r"""extra\s*==\s*["']demo["']""", r)]
+    requirements = plain + (demo or ["gradio"])  # an install older than the demo extra: any Gradio
+    settings = {"title": f"textdvae {repo_id.split('/')[-1]}"[:30], "emoji": "🔤", "colorFrom": "indigo",
+                "colorTo": "gray", "sdk": "gradio", "app_file": "app.py", "models": [repo_id], "tags": ["textdvae"]}
+    try:
+        settings["sdk_version"] = metadata.version("gradio")  # the Gradio this page was built and tested with
+    except metadata.PackageNotFoundError:
+        pass
+    readme = (f"---\n{yaml.safe_dump(settings, sort_keys=False, allow_unicode=True)}---\n\n"
+              f"# textdvae demo: {repo_id}\n\nThe page of `textdvae demo {repo_id}`: encode a sentence into its code, "
+              "click a latent's category to decode the edited code, interpolate and traverse in code space, and "
+              f"sample from the prior. The model: [{repo_id}](https://huggingface.co/{repo_id}).\n")
+    files = {"app.py": SPACE_APP.format(repo_id=repo_id, revision=revision).encode("utf-8"),
+             "requirements.txt": ("\n".join(requirements) + "\n").encode("utf-8"),
+             "README.md": readme.encode("utf-8")}
+    package = Path(__file__).resolve().parent
+    files.update({f"textdvae/{p.name}": p.read_bytes() for p in sorted(package.glob("*.py"))})
+    return files
+
+
+def push_space(repo_id: str, *, revision: str | None = None, private: bool = False, token: str | None = None) -> str:
+    """Create (or update) the Gradio Space ``repo_id`` that serves the demo page of the model ``repo_id`` (at
+    ``revision``), in one commit of :func:`space_files`. Returns the commit URL; raises :class:`HubError` on any
+    failure."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    api = HfApi(token=token)
+    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
+                  for path, data in space_files(repo_id, revision).items()]
+    try:
+        url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        info = api.create_commit(url.repo_id or repo_id, operations, repo_type="space",
+                                 commit_message="textdvae demo page")
+    except (HFValidationError, HfHubHTTPError) as e:
+        raise HubError(_explain(e, repo_id, api.endpoint)) from e
+    except Exception as e:
+        if _is_network_error(e):
+            raise HubError(_explain(e, repo_id, api.endpoint)) from e
         raise
     return str(info.commit_url)
