@@ -71,7 +71,7 @@ def prior_gap(model, train: list[list[int]], test: list[list[int]], samples: int
     log_q_train = posterior_log_probs(model, train, batch_size)  # (M, N, K)
     log_marg = log_q_train.exp().mean(0).log()  # (N, K) training code frequencies, log q(z_i)
     gen = torch.Generator().manual_seed(seed)
-    priors = ["uniform", *(["learned"] if model.code_prior is not None else []), "marginals", "aggregate"]
+    priors = ["uniform", *(["learned"] if model.bottleneck.code_prior is not None else []), "marginals", "aggregate"]
     sums = {"rec": 0.0, "log_q": 0.0, "n": 0, **{p: 0.0 for p in priors}}
     kl_exact = 0.0
     for _, batch in iterate_batches(test, batch_size, model.config.pad_token_id):
@@ -87,7 +87,7 @@ def prior_gap(model, train: list[list[int]], test: list[list[int]], samples: int
             sums["log_q"] += lq.sum().item()
             sums["uniform"] += (lq + N * math.log(K)).sum().item()
             if "learned" in sums:
-                sums["learned"] += (lq - model.log_prior(one_hot)).sum().item()
+                sums["learned"] += (lq - model.bottleneck.log_prior(one_hot)).sum().item()
             sums["marginals"] += (lq - (one_hot * log_marg).sum((1, 2))).sum().item()
             sums["aggregate"] += (lq - log_mixture(codes, log_q_train)).sum().item()
             sums["n"] += codes.size(0)

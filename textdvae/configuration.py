@@ -99,11 +99,11 @@ class TextDVAEConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False  # transformers' own tying is not used: see `tie_embeddings`
 
     def __post_init__(self, **kwargs):
-        _choice("encoder_type", self.encoder_type, ENCODER_TYPES)
-        _choice("decoder_type", self.decoder_type, DECODER_TYPES)
-        _choice("latent", self.latent, LATENT_TYPES)
-        _choice("estimator", self.estimator, ESTIMATORS)
-        _choice("prior", self.prior, PRIORS)
+        check_choice("model.encoder_type", self.encoder_type, ENCODER_TYPES)
+        check_choice("model.decoder_type", self.decoder_type, DECODER_TYPES)
+        check_choice("model.latent", self.latent, LATENT_TYPES)
+        check_choice("model.estimator", self.estimator, ESTIMATORS)
+        check_choice("model.prior", self.prior, PRIORS)
         if self.prior != "uniform" and self.latent != "categorical":
             raise ValueError(f"model.prior={self.prior!r} is a prior over categorical codes, but model.latent="
                              f"{self.latent!r}; set model.latent=categorical or drop model.prior")
@@ -150,6 +150,7 @@ class TextDVAEConfig(PreTrainedConfig):
         return [k for k in own if not k.endswith("token_id") and k != "tie_word_embeddings"]
 
 
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+def check_choice(key: str, value, allowed: tuple[str, ...], error: type[ValueError] = ValueError) -> None:
+    """A setting that must be one of `allowed`: raise `error` naming the key, the bad value and the allowed ones."""
     if value not in allowed:
-        raise ValueError(f"model.{key}={value!r} is not one of {', '.join(allowed)}")
+        raise error(f"{key}={value!r} is not one of {', '.join(allowed)}")

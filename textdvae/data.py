@@ -145,11 +145,16 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
                          "textdvae.tokenization.build_tokenizer")
     encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
                         return_token_type_ids=False)["input_ids"] if texts else []
-    sequences = [ids[:max_length - 1] + [eos] for ids in encoded]
+    sequences = [with_eos(ids, max_length, eos) for ids in encoded]
     stats = SplitStats(n_sentences=len(sequences), n_skipped_blank=n_skipped_blank,
                        n_truncated=sum(len(ids) >= max_length for ids in encoded),
                        n_tokens=sum(map(len, sequences)))
     return sequences, stats
+
+
+def with_eos(ids: list[int], max_length: int, eos: int) -> list[int]:
+    """A sentence's token ids as the model reads them: its first ``max_length - 1`` tokens, then EOS."""
+    return ids[:max_length - 1] + [eos]
 
 
 def make_batches(lengths: list[int], batch_size: int, *, shuffle: bool, seed: int = 0,

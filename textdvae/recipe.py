@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .configuration import TextDVAEConfig
+from .configuration import TextDVAEConfig, check_choice
 
 
 class RecipeError(ValueError):
@@ -53,7 +53,7 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None:
                 _positive(f"data.{key}", value)
-        _choice("data.encoding_errors", self.encoding_errors, ("strict", "replace"))
+        check_choice("data.encoding_errors", self.encoding_errors, ("strict", "replace"), RecipeError)
 
 
 @dataclass
@@ -67,7 +67,7 @@ class TokenizerConfig:
     name_or_path: str | None = None  # for kind=pretrained or kind=sentencepiece
 
     def validate(self) -> None:
-        _choice("tokenizer.kind", self.kind, ("word", "bpe", "unigram", "pretrained", "sentencepiece"))
+        check_choice("tokenizer.kind", self.kind, ("word", "bpe", "unigram", "pretrained", "sentencepiece"), RecipeError)
         _positive("tokenizer.vocab_size", self.vocab_size, minimum=8)
         _positive("tokenizer.min_frequency", self.min_frequency)
         if self.kind in ("pretrained", "sentencepiece") and not self.name_or_path:
@@ -126,9 +126,9 @@ class TrainConfig:
             raise RecipeError(f"train.beta_ratio must be in (0, 1], got {self.beta_ratio}")
         if not (self.tau_start > 0 and self.tau_min > 0):
             raise RecipeError(f"train.tau_start and train.tau_min must be > 0, got {self.tau_start} and {self.tau_min}")
-        _choice("train.lr_schedule", self.lr_schedule, ("constant", "linear", "cosine"))
-        _choice("train.beta_schedule", self.beta_schedule, ("constant", "linear", "sigmoid", "cyclical"))
-        _choice("train.mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        check_choice("train.lr_schedule", self.lr_schedule, ("constant", "linear", "cosine"), RecipeError)
+        check_choice("train.beta_schedule", self.beta_schedule, ("constant", "linear", "sigmoid", "cyclical"), RecipeError)
+        check_choice("train.mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"), RecipeError)
 
 
 @dataclass
@@ -274,7 +274,3 @@ def _positive(key: str, value: Any, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise RecipeError(f"{key} must be an integer >= {minimum}, got {value!r}")
 
-
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise RecipeError(f"{key}={value!r} is not one of {', '.join(allowed)}")
