@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,22 +254,38 @@ def _check_keys(prefix: str, values: dict[str, Any], valid: list[str] | tuple[st
 
 
 def _check_types(section: str, obj: Any) -> None:
-    """YAML gives ints, floats, bools and strings: catch `train.lr=fast` before it reaches the optimizer."""
+    """YAML gives ints, floats, bools, strings, lists and mappings: catch `train.lr=fast` before it reaches the
+    optimizer. Checked against each field's annotation itself (``int``, ``str | None``, ``list[str]``, ...)."""
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        kind = str(f.type)
-        if value is None and "None" in kind:
+        value, hint = getattr(obj, f.name), hints[f.name]
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if value is None and type(None) in options:
             continue
-        if "float" in kind and not isinstance(value, bool) and isinstance(value, (int, str)):
+        if float in options and isinstance(value, (int, str)) and not isinstance(value, bool):
             try:  # YAML reads 3e-4 (no dot) as a string; users mean the number
                 setattr(obj, f.name, float(value))
                 continue
             except ValueError:
                 pass
-        expected = [t for t, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (dict, "dict"))
-                    if name in kind]
-        if expected and not isinstance(value, tuple(expected)) or (isinstance(value, bool) and bool not in expected):
-            raise RecipeError(f"{section}.{f.name} must be {kind.replace(' | None', ' or null')}, got {value!r}")
+        if not any(_is_a(value, t) for t in options if t is not type(None)):
+            names = [("null" if t is type(None) else str(t) if typing.get_args(t) else t.__name__) for t in options]
+            raise RecipeError(f"{section}.{f.name} must be {' or '.join(names)}, got {value!r}")
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """isinstance for an annotation: ``list[str]`` checks the items too; a bool is not an int."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint) or hint
+    if not isinstance(value, origin) or (isinstance(value, bool) and origin is not bool):
+        return False
+    args = typing.get_args(hint)
+    if origin is list and args:
+        return all(_is_a(item, args[0]) for item in value)
+    if origin is dict and args:
+        return all(_is_a(k, args[0]) and _is_a(v, args[1]) for k, v in value.items())
+    return True
 
 
 def _positive(key: str, value: Any, minimum: int = 1) -> None:
