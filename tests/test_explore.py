@@ -5,18 +5,17 @@ import io
 import json
 import math
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import ROOT, TINY_MODEL, all_codes
 from textdvae import TextDVAE, TextDVAEConfig, explore
 from textdvae.recipe import TokenizerConfig
 from textdvae.tokenization import build_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the cat dog bird fox chased helped watched will not a big small old quickly slowly .".split()
 
 
@@ -24,8 +23,7 @@ def tiny(decoder_type="gru", encoder_type="gru", eos_bias=0.0, seed=0, **kw) -> 
     """A random tiny model with a word tokenizer; eos_bias > 0 makes sentences end at varied lengths."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(TokenizerConfig(kind="word"), [" ".join(WORDS)])
-    base = dict(vocab_size=len(tokenizer), embed_dim=16, hidden_dim=32, num_heads=2, ffn_dim=64, num_latents=3,
-                num_categories=4, decoder_type=decoder_type, encoder_type=encoder_type)
+    base = dict(TINY_MODEL, vocab_size=len(tokenizer), decoder_type=decoder_type, encoder_type=encoder_type)
     model = TextDVAE(TextDVAEConfig(**{**base, **kw})).eval()
     with torch.no_grad():
         model.lm_head.bias[model.config.eos_token_id] += eos_bias
@@ -45,10 +43,9 @@ def naive_greedy(model, codes, max_length):
     return [explore._cut(row, model.config.eos_token_id) for row in ids.tolist()]
 
 
-def all_codes(model):
-    N, K = model.config.num_latents, model.config.num_categories
-    idx = torch.arange(K ** N)
-    return torch.stack([(idx // K ** (N - 1 - i)) % K for i in range(N)], 1)  # (K^N, N) every code
+def every_code(model) -> torch.Tensor:
+    """(K^N, N) every code of the model, as category indices."""
+    return all_codes(model.config.num_latents, model.config.num_categories, one_hot=False)
 
 
 # ---- incremental decoding ---------------------------------------------------------------------------------------
@@ -63,7 +60,7 @@ def test_incremental_greedy_equals_full_rerun(decoder_type):
     lengths = set()
     for eos_bias in EOS_BIASES:
         model = tiny(decoder_type, eos_bias=eos_bias)
-        codes = all_codes(model)  # 64 codes
+        codes = every_code(model)  # 64 codes
         fast = explore.greedy_decode(model, model.condition(explore.as_one_hot(model, codes)), len(codes), 20)
         assert fast == naive_greedy(model, codes, 20), eos_bias
         lengths |= {len(s) for s in fast}
@@ -76,7 +73,7 @@ def test_beam_keeps_state_aligned_and_one_beam_is_greedy(decoder_type):
     lengths = set()
     for eos_bias in EOS_BIASES:
         model = tiny(decoder_type, eos_bias=eos_bias)
-        codes = all_codes(model)[::4]  # 16 codes
+        codes = every_code(model)[::4]  # 16 codes
         cond = model.condition(explore.as_one_hot(model, codes))
         greedy = explore.greedy_decode(model, cond, len(codes), 15)
         assert explore.beam_decode(model, cond, len(codes), 15, num_beams=1) == greedy
@@ -195,7 +192,7 @@ def test_sample_decode_with_num_return_sequences():
 @torch.no_grad()
 def test_decode_takes_indices_one_hot_and_soft_codes(decoder_type):
     model = tiny(decoder_type)
-    codes = all_codes(model)[::7]
+    codes = every_code(model)[::7]
     texts = model.decode(codes)
     assert model.decode(codes.tolist()) == texts
     assert model.decode(torch.nn.functional.one_hot(codes, 4).float()) == texts
@@ -215,7 +212,7 @@ def test_decode_takes_indices_one_hot_and_soft_codes(decoder_type):
 @torch.no_grad()
 def test_large_batches_are_encoded_and_decoded_in_chunks_with_the_same_result(monkeypatch):
     model = tiny(eos_bias=0.25)
-    codes = all_codes(model)
+    codes = every_code(model)
     texts = ["the cat", "the dog .", "a big fox", "the old bird chased the fox slowly .", "fox"]
     whole = model.decode(codes), model.decode(codes[:9], strategy="beam", num_beams=3, num_return_sequences=2)
     encoded = model.encode(texts)

@@ -1,11 +1,11 @@
 """The model on a tiny config: shapes, padding, gradients, save/load, and that it really learns."""
 
-import itertools
 import math
 
 import pytest
 import torch
 
+from conftest import TINY_MODEL, all_codes
 from textdvae import TextDVAE, TextDVAEConfig
 from textdvae.estimators import kl_to_uniform, log_prob_of_codes, sample_categorical
 
@@ -13,7 +13,7 @@ PAIRS = [(e, d) for e in ("gru", "transformer") for d in ("gru", "transformer")]
 
 
 def tiny(**kw) -> TextDVAEConfig:
-    base = dict(vocab_size=40, embed_dim=16, hidden_dim=32, num_heads=2, ffn_dim=64, num_latents=3, num_categories=4)
+    base = dict(TINY_MODEL, vocab_size=40)
     return TextDVAEConfig(**{**base, **kw})
 
 
@@ -222,10 +222,6 @@ def test_weight_drop_masks_the_recurrent_weights_in_training_only():
 # ---- the learned prior (prior="autoregressive") ------------------------------------------------------------------
 
 
-def all_codes(N=3, K=4) -> torch.Tensor:
-    return torch.nn.functional.one_hot(torch.tensor(list(itertools.product(range(K), repeat=N))), K).float()  # (K^N, N, K)
-
-
 def ar_model(seed=0) -> TextDVAE:
     """A tiny model whose prior is far from uniform (random output layer instead of the zero start)."""
     torch.manual_seed(seed)
@@ -238,7 +234,7 @@ def ar_model(seed=0) -> TextDVAE:
 
 def test_autoregressive_prior_sees_only_earlier_latents_sums_to_one_and_samples_itself():
     model = ar_model()
-    codes = all_codes()
+    codes = all_codes(3, 4)
     assert TextDVAE(tiny(prior="autoregressive")).bottleneck.log_prior(codes).exp().allclose(torch.full((64,), 1 / 64))  # starts uniform
     # output i depends on the codes of latents j < i only
     x = codes[:1].clone().requires_grad_(True)
@@ -261,7 +257,7 @@ def test_learned_prior_kl_is_an_unbiased_one_sample_estimate_of_the_exact_kl():
     model = ar_model()
     ids, mask = batch(B=1)
     q_logits, _ = model.posterior(ids, mask)  # (1, N, K)
-    codes = all_codes()
+    codes = all_codes(3, 4)
     log_q = log_prob_of_codes(q_logits.expand(64, -1, -1), codes)  # (64,)
     exact = (log_q.exp() * (log_q - model.bottleneck.log_prior(codes))).sum().item()
     assert abs(exact - kl_to_uniform(q_logits).sum().item()) > 0.3  # the learned prior changes the KL
@@ -288,7 +284,7 @@ def test_learned_prior_enters_the_likelihood_bounds_and_survives_save_and_load(t
     model.save_pretrained(tmp_path)
     loaded = TextDVAE.from_pretrained(tmp_path).eval()
     assert loaded.config.prior == "autoregressive"
-    codes = all_codes()
+    codes = all_codes(3, 4)
     assert torch.equal(model.bottleneck.log_prior(codes), loaded.bottleneck.log_prior(codes))
 
 

@@ -2,14 +2,13 @@
 
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from textdvae import TextDVAE, TextDVAEConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 @pytest.fixture(scope="module")

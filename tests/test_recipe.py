@@ -1,13 +1,12 @@
 """Recipes: every shipped recipe validates; overrides, unknown keys and impossible values give clear errors."""
 
-from pathlib import Path
 
 import pytest
 
 from textdvae import recipe as recipe_lib
 from textdvae.recipe import RecipeError
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 
