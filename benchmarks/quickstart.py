@@ -43,7 +43,7 @@ def factors_table(factors: dict, values: dict[str, int]) -> list[str]:
     lines = ["| factor | values | best latent | NMI | traversals that change the factor | decoded sentences grammatical |",
              "|---|---|---|---|---|---|"]
     for row in factors["rows"]:
-        nmi = f"**{row['nmi']:.2f}**" if row["headline"] else f"{row['nmi']:.2f}"
+        nmi = f"**{row['nmi']:.3f}**" if row["headline"] else f"{row['nmi']:.3f}"
         lines.append(f"| {row['factor']} | {values[row['factor']]} | {row['latent']} | {nmi} | "
                      f"{_percent(row['traversals_changed'])} | {_percent(row['grammatical'])} |")
     head = next(row for row in factors["rows"] if row["headline"])
