@@ -31,6 +31,7 @@ PTB = ROOT.parent / "shared" / "data" / "ptb"
 RESULTS = ROOT / "benchmarks" / "results" / "ptb.json"
 TABLE = ROOT / "benchmarks" / "RESULTS.md"
 README = ROOT / "README.md"  # its PTB table is rewritten with RESULTS.md's, between these markers
+KEPT = "<!-- notes: written by hand, kept when benchmarks/ptb.py rewrites this file -->"
 README_START, README_END = "<!-- ptb-table: written by benchmarks/ptb.py -->", "<!-- /ptb-table -->"
 TRIALS = ROOT / "benchmarks" / "results" / "ptb_trials.json"  # --override runs: measured, kept, never in the table
 OFFLINE = ["data.path=text", "data.text_column=text", f"data.data_files.train={PTB / 'train.txt'}",
@@ -340,7 +341,9 @@ def write_table(rows: list[dict]) -> None:
                          f"{t['train_minutes']} |")
     lines += ["", NOTES, "", "Anchors: asyml/texar examples/vae_text, PTB test, LSTM hidden 256, embeddings 256, Gaussian latent 32, "
               "100 epochs; their NLL is the negative single-sample ELBO and their PPL is derived from it."]
-    TABLE.write_text("\n".join(lines) + "\n")
+    old = TABLE.read_text() if TABLE.is_file() else ""
+    kept = old[old.index(KEPT):] if KEPT in old else ""  # the hand-written notes below the marker survive
+    TABLE.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
     _sync_readme(table)
 
 

@@ -33,10 +33,9 @@ class TextDVAEConfig(PreTrainedConfig):
         decoder_layers (`int`, defaults to 1): layers of the decoder.
         code_at_every_step (`bool`, defaults to `False`): GRU decoder only. `False`: the code sets the initial state
             (Bowman et al. 2016). `True`: its projection is also added to every input embedding. Every step helps
-            when the code is sharp and must be copied out word for word (the quick-start corpus: greedy
-            reconstruction accuracy 0.99 against 0.69 without it); it hurts when the posterior is near uniform
-            and the sampled code is mostly noise (PTB: validation -log p(x|z) 131.5 against 119.4 nats after
-            300 steps, benchmarks/conditioning.py).
+            when the code is sharp and must be copied out word for word (the quick-start corpus, whose recipe sets
+            it); it hurts when the posterior is near uniform and the sampled code is mostly noise (PTB). The
+            measurements (`benchmarks/conditioning.py`): benchmarks/RESULTS.md.
         num_heads (`int`, defaults to 4): attention heads (Transformer only); must divide `hidden_dim`.
         ffn_dim (`int`, defaults to 1024): inner width of the Transformer feed-forward blocks.
         dropout (`float`, defaults to 0.0): dropout on embeddings and between layers.

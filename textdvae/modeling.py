@@ -439,7 +439,7 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         baseline b_i = c(x_i) + the batch's mean of rec_j - c(x_j) over the other sentences j, where c(x) = running
         mean of rec + a learned correction from the encoder state (trained by Huber loss). b_i does not depend on
         z_i, so the estimator stays unbiased. With c alone the baseline lagged the falling rec and the posterior
-        collapsed onto one code (PTB, 400 steps: KL 44.0 = 16 log 16, MI 0.4)."""
+        collapsed onto one code (PTB at 400 steps, the figures in benchmarks/RESULTS.md)."""
         with torch.no_grad():  # exponential running mean: puts the prediction at the right scale from step one
             # the mean starts at exactly 0 (a saved model's is never 0): weight 1 then, 0.01 after; no host sync
             first = self.baseline_mean == 0
