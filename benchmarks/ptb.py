@@ -3,6 +3,7 @@
     python benchmarks/ptb.py --variants gru lm --max-steps 12000 --iw-samples 100
     python benchmarks/ptb.py --variants gaussian est_gumbel_st est_gumbel est_reinmax est_reinforce --max-steps 400 --iw-samples 20
     python benchmarks/ptb.py --collect        # rebuild results/ptb.json, RESULTS.md and the plots from runs/ptb
+    python benchmarks/ptb.py --check          # RESULTS.md and the README show results/ptb.json's table
 
 Each variant is a real `textdvae train` run of a recipe in recipes/ on the local copy of PTB
 (../shared/data/ptb, Mikolov's version: train 42,068 / valid 3,370 / test 3,761 sentences), followed by the
@@ -408,7 +409,17 @@ def main() -> None:
                              "results/ptb_trials.json, never in the table")
     parser.add_argument("--iw-samples", type=int, help="importance samples of the final NLL (default: the recipe's)")
     parser.add_argument("--threads", type=int, help="threads per run (default: cores // parallel)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 unless RESULTS.md and the README show the table of results/ptb.json (a test runs it)")
     args = parser.parse_args()
+    if args.check:
+        table = _headline_table(_read_rows(RESULTS))
+        readme = README.read_text()
+        block = readme[readme.index(README_START) + len(README_START):readme.index(README_END)].strip().splitlines()
+        recorded = [line for line in TABLE.read_text().splitlines() if line.startswith("|")][:len(table)]
+        if block != table or recorded != table:
+            raise SystemExit(f"the PTB table in {README.name} or {TABLE.name} is not {RESULTS.name}'s; run --collect")
+        return
     if args.collect:
         rows = {v: row(v, ROOT / args.out / v) for v in VARIANTS if (ROOT / args.out / v / "metrics.json").is_file()}
         record(rows)
