@@ -3,24 +3,10 @@
     python benchmarks/prior_gap.py runs/ptb/gru/final [--samples 4] [--json benchmarks/results/ptb_prior_gap.json]
 
 The data (train and test splits) come from the model's recipe.yaml with the local PTB files, as `textdvae eval`
-reads them; the measurement itself is `textdvae.prior_gap`. Averaged over sentences, the KL term of the ELBO splits as (Hoffman & Johnson 2016, "ELBO surgery")
-
-    E_x KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)),   q(z) = E_x q(z|x), the aggregate posterior,
-
-so a uniform prior pays, on top of the information the code carries, for how far the aggregate posterior is from
-uniform. With factorised posteriors that distance has two parts: the per-latent marginals q(z_i) being uneven, and
-the latents depending on each other across sentences (the total correlation of q(z)), which no factorised prior
-can express. This script measures both on held-out sentences, with the trained encoder and decoder unchanged:
-each row is the test ELBO of the same model under another prior fitted to the training sentences' posteriors,
-  - `uniform`: p(z) = K^-N, the default model prior;
-  - `learned`: the model's own autoregressive prior, for a model trained with `model.prior=autoregressive`;
-  - `marginals`: the product of the training set's per-latent code frequencies, prod_i q(z_i);
-  - `aggregate`: the mixture of every training sentence's posterior, (1/M) sum_m q(z|x_m) (Tomczak & Welling
-    2018's VampPrior with all M training sentences as pseudo-inputs; the prior that minimises the training KL).
-The codes are S draws from q(z|x) per test sentence, shared by all rows; log q(z|x) and log p(z) are exact for
-each draw (the mixture by a log-sum-exp over the M training posteriors), -log p(x|z) one decoder pass. The figure
-is therefore what a learned prior could take off the ELBO without retraining, and a ceiling for a parametric
-(e.g. autoregressive) prior, which has to generalise from the training codes as the mixture does.
+reads them. The measurement, and what each row means, is `textdvae.prior_gap`: the test ELBO of the same encoder
+and decoder under priors fitted to the training sentences' posteriors (uniform, the model's learned prior, the
+product of the code marginals, and the aggregate posterior), which splits the uniform prior's KL into information,
+uneven code use and dependence between the latents (Hoffman & Johnson 2016, "ELBO surgery").
 """
 
 from __future__ import annotations
