@@ -172,17 +172,28 @@ def test_sampling_follows_the_truncated_distribution():
 @torch.no_grad()
 def test_sample_decode_with_num_return_sequences():
     model = tiny(eos_bias=1.0)
-    out = model.decode([[0, 1, 2], [3, 3, 3]], strategy="sample", num_return_sequences=4, top_k=5,
+    codes = [[0, 1, 2], [3, 3, 3]]
+    out = model.decode(codes, strategy="sample", num_return_sequences=4, top_k=5,
                        generator=torch.Generator().manual_seed(0))
     assert len(out) == 2 and all(len(texts) == 4 for texts in out)
+    assert out == model.decode(codes, strategy="sample", num_return_sequences=4, top_k=5,
+                               generator=torch.Generator().manual_seed(0))  # the generator fixes the draws
+    # sampling from the single most likely token is greedy decoding, for every returned sequence
+    greedy = model.decode(codes)
+    assert model.decode(codes, strategy="sample", num_return_sequences=4, top_k=1) == [[t] * 4 for t in greedy]
+    # prior samples: uniform codes drawn with the generator, decoded greedily
     texts, codes = model.sample(5, generator=torch.Generator().manual_seed(0))
-    assert len(texts) == 5 and codes.shape == (5, 3)
+    assert torch.equal(codes, torch.randint(0, 4, (5, 3), generator=torch.Generator().manual_seed(0)))
+    assert texts == model.decode(codes)
     with pytest.raises(ValueError, match="greedy"):
         model.decode([[0, 1, 2]], num_return_sequences=2)
-    texts, z = tiny(latent="gaussian").sample(3, generator=torch.Generator().manual_seed(0))
-    assert len(texts) == 3 and z.shape == (3, 32)
-    texts, nothing = tiny(latent="none").sample(2, strategy="sample", top_p=0.9)
-    assert len(texts) == 2 and nothing is None
+    gaussian = tiny(latent="gaussian")
+    texts, z = gaussian.sample(3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(z, torch.randn(3, 32, generator=torch.Generator().manual_seed(0)))  # z ~ N(0, I)
+    assert texts == gaussian.decode(z)
+    lm = tiny(latent="none", eos_bias=1.0)
+    texts, nothing = lm.sample(2, strategy="sample", top_p=1e-6)  # the nucleus is the most likely token alone
+    assert nothing is None and texts == lm.decode(None, batch_size=2)
 
 
 # ---- codes and texts in every form ------------------------------------------------------------------------------
@@ -197,8 +208,9 @@ def test_decode_takes_indices_one_hot_and_soft_codes(decoder_type):
     assert model.decode(codes.tolist()) == texts
     assert model.decode(torch.nn.functional.one_hot(codes, 4).float()) == texts
     assert model.decode(codes[0]) == texts[:1]  # a single code (N,)
-    soft = torch.softmax(torch.randn(len(codes), 3, 4), -1)
-    assert len(model.decode(soft)) == len(codes)
+    soft = torch.softmax(torch.randn(len(codes), 3, 4), -1)  # mixtures of the code embeddings
+    ids = naive_greedy(model, soft, 20)  # decoded by re-running the decoder over the prefix, from the same mixture
+    assert model.decode(soft, max_length=20) == explore.ids_to_texts(model.tokenizer, ids, model.config.eos_token_id)
     with pytest.raises(ValueError, match="category indices"):
         model.decode([[0, 1, 9]])
     with pytest.raises(ValueError, match="latents"):
@@ -248,10 +260,11 @@ def test_long_text_is_truncated_and_decoding_stays_within_positions(decoder_type
     batch = explore.tokenize(model, [long, "the cat"])
     assert batch["input_ids"].shape == (2, 12) and batch["input_ids"][0, -1] == model.config.eos_token_id
     codes, probs = model.encode([long])
-    assert codes.shape == (1, 3) and probs.shape == (1, 3, 4)
+    kept = " ".join(long.split()[:11])  # what the encoder read: 11 words and EOS
+    assert [t.tolist() for t in model.encode([kept])] == [codes.tolist(), probs.tolist()]
     out = explore.decode_ids(model, codes, max_length=100)
     assert len(out[0]) <= (12 if decoder_type == "transformer" else 100)
-    assert len(model.reconstruct([long], max_length=100)) == 1
+    assert model.reconstruct([long], max_length=100) == model.decode(codes, max_length=100)
 
 
 @torch.no_grad()
@@ -362,11 +375,14 @@ def test_cli_user_errors(trained, capsys):
 
 def test_cli_sample_and_traverse_plot(trained, capsys, tmp_path):
     code, out, _ = cli(capsys, "sample", trained.path, "-n", "3", "--strategy", "sample", "--top-k", "5", "--json")
-    assert code == 0 and len(json.loads(out)) == 3
+    texts, codes = trained.model.sample(3, generator=torch.Generator().manual_seed(0), strategy="sample", top_k=5)
+    assert code == 0 and json.loads(out) == [{"codes": c, "text": t} for c, t in zip(codes.tolist(), texts)]
     pytest.importorskip("matplotlib")
     png = tmp_path / "traverse.png"
     code, out, _ = cli(capsys, "traverse", trained.path, PAIRS[0][0], "--latent", "0", "--plot", png)
     assert code == 0 and out.count("\n") == trained.model.config.num_categories + 1
+    rows = trained.model.traverse(PAIRS[0][0], latent=0)
+    assert [line.rstrip().endswith(r["text"]) for line, r in zip(out.splitlines()[1:], rows)] == [True] * len(rows)
     from matplotlib.image import imread
 
     image = imread(png)
