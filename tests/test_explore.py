@@ -387,22 +387,3 @@ def test_cli_sample_and_traverse_plot(trained, capsys, tmp_path):
 
     image = imread(png)
     assert image.shape[0] > 200 and image.shape[1] > 400
-
-
-def test_factor_traversal_benchmark_runs(trained, tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import traverse_factors
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    out = tmp_path / "factors.json"
-    assert traverse_factors.main([str(trained.path), "--n", "20", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert set(result["nmi"]) == {"subject", "number", "verb", "tense", "negation", "adjective", "object", "adverb"}
-    N = trained.model.config.num_latents
-    assert all(len(v) == N and all(0 <= x <= 1 for x in v) for v in result["nmi"].values())
-    assert sum(r["headline"] for r in result["rows"]) == 1
-    h = result["headline"]
-    assert h["nmi"] == max(max(v) for v in result["nmi"].values())
-    assert 0 <= h["traversals_changed"] <= 1 and 0 <= h["grammatical"] <= 1
-    assert "headline:" in capsys.readouterr().out
