@@ -1,8 +1,8 @@
 """TextDVAE: a sentence -> N categorical latent variables of K categories -> the sentence again.
 
     tokens (B, T) -> encoder (GRU | Transformer) -> pooled (B, P) -> latent logits (B, N, K)
-      -> estimator (Gumbel-Softmax, straight-through, ReinMax, REINFORCE) -> codes (B, N, K)
-      -> code embeddings (B, N, D) -> autoregressive decoder (GRU | Transformer) -> log p(x | z)
+      -> CategoricalBottleneck (bottleneck.py): estimator -> codes (B, N, K), KL to the prior, code embeddings (B, N, D)
+      -> autoregressive decoder (GRU | Transformer) -> log p(x | z)
 
 The objective is the ELBO (Kingma & Welling 2014; for categorical latents with a uniform prior see Jeffares &
 Liu 2025, "An Introduction to Discrete Variational Autoencoders"):
