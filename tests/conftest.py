@@ -1,12 +1,15 @@
 """What the test files share: the tiny-model recipe overrides, the CLI in a subprocess, a private datasets cache,
-and the enumeration of every code of a small latent space."""
+the enumeration of every code of a small latent space, and the suite's one full-size training run (the quick-start
+recipe), started in the background as soon as a selected test needs it."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,37 @@ def all_codes(N: int, K: int, one_hot: bool = True, dtype: torch.dtype = torch.f
     """Every code of N latents with K categories in lexicographic order: one-hot (K^N, N, K), or indices (K^N, N)."""
     indices = torch.tensor(list(itertools.product(range(K), repeat=N)))  # (K^N, N)
     return F.one_hot(indices, K).to(dtype) if one_hot else indices
+
+
+# The quick-start recipe at full size takes minutes on one thread. It starts when collection shows that a selected
+# test needs it, and trains on one core while the rest of the suite runs on the other; `quickstart_run` waits for it.
+_QUICKSTART: dict[str, object] = {}
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m have deselected what will not run
+def pytest_collection_modifyitems(session, config, items) -> None:
+    if any("quickstart_run" in getattr(item, "fixturenames", ()) for item in items) and not _QUICKSTART:
+        out = Path(tempfile.mkdtemp(prefix="textdvae-quickstart-"))
+        log = open(out / "train.log", "w")  # noqa: SIM115 - closed in pytest_sessionfinish
+        proc = subprocess.Popen([sys.executable, "-m", "textdvae", "train", "recipes/quickstart.yaml",
+                                 f"output_dir={out / 'run'}"], cwd=ROOT, env=cli_env(), stdout=log,
+                                stderr=subprocess.STDOUT)
+        _QUICKSTART.update(proc=proc, out=out, log=log)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _QUICKSTART:
+        if _QUICKSTART["proc"].poll() is None:
+            _QUICKSTART["proc"].kill()
+            _QUICKSTART["proc"].wait()
+        _QUICKSTART["log"].close()
+        shutil.rmtree(_QUICKSTART["out"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run() -> Path:
+    """The output dir of `textdvae train recipes/quickstart.yaml` (one thread), once it has finished."""
+    proc, out = _QUICKSTART["proc"], _QUICKSTART["out"]
+    if proc.wait(timeout=1800) != 0:
+        raise AssertionError(f"the quick-start run failed (exit {proc.returncode}):\n{(out / 'train.log').read_text()}")
+    return out / "run"
