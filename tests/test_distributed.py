@@ -89,11 +89,11 @@ def test_torchrun_two_processes_categorical(tmp_path, monkeypatch, capsys):
     # reconstructions) is what one process computes on the same final model
     monkeypatch.chdir(ROOT)
     single = tmp_path / "single.json"
-    assert cli.main(["eval", str(out / "final"), "--recipe", str(out / "config.yaml"), "--split", "test",
+    assert cli.main(["eval", str(out / "final"), "--recipe", str(out / "config.yaml"), "--split", "test", "--batch-size", "21",
                      "--iw-samples", "4", "--json", str(single), "--plot", ""]) == 0
     one = json.loads(single.read_text())
     for key in ("nll_exact", "mi", "au", "code_perplexity", "rec_token_acc", "rec_bleu"):
-        assert m[key] == pytest.approx(one[key], rel=1e-5), key
+        assert m[key] == pytest.approx(one[key], rel=1e-5, abs=1e-5), key  # float sums in another order
     assert abs(m["elbo"] - one["elbo"]) < 0.05 * abs(one["elbo"])  # one sampled code per sentence: close, not equal
     # code usage gathered over both processes' posteriors: 4 latents x 4 categories, each row a distribution
     assert len(m["code_usage"]) == 4 and all(sum(row) == pytest.approx(1.0) for row in m["code_usage"])

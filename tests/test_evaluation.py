@@ -76,3 +76,18 @@ def test_evaluate_reports_the_stats_of_every_sentences_posterior():
     assert metrics["mi"] == pytest.approx(mi, abs=1e-5) and metrics["au"] == au
     assert metrics["code_perplexity"] == pytest.approx(perplexity, abs=1e-5)
     assert mi > 0.05 and au > 0 and max(perplexity) > 1  # a case where the three can be wrong
+
+
+def test_each_process_pads_to_the_whole_batch_width():
+    """The greedy reconstruction's length limit follows the batch width, so a process's rows must be padded to the
+    width of the whole batch: otherwise rec_bleu would depend on the number of processes."""
+    from textdvae.evaluation import iterate_batches
+
+    seqs = [[5] * n + [2] for n in (1, 7, 2, 3)]  # one batch of 4, longest 8 tokens (row 1)
+    single = list(iterate_batches(seqs, 4, pad_id=0))
+    parts = [list(iterate_batches(seqs, 4, pad_id=0, rank=r, world=2)) for r in (0, 1)]
+    assert [rows for rows, _ in single] == [[0, 2, 3, 1]]  # sorted by length
+    assert [[rows for rows, _ in p] for p in parts] == [[[0, 3]], [[2, 1]]]
+    assert {b["input_ids"].shape[1] for p in parts for _, b in p} == {single[0][1]["input_ids"].shape[1]} == {8}
+    rank0 = parts[0][0][1]
+    assert rank0["attention_mask"].sum(1).tolist() == [2, 4]  # rows 0 and 3, padding after their EOS

@@ -195,11 +195,12 @@ def padding_waste(batches: list[list[int]], lengths: list[int]) -> float:
     return (padded - real) / padded if padded else 0.0
 
 
-def collate(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` (1 on tokens, 0 on padding), both (B, T) long tensors."""
+def collate(sequences: list[list[int]], pad_id: int, width: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` (1 on tokens, 0 on padding), both (B, T) long tensors; T is
+    the longest sequence, or ``width`` if that is more."""
     if not sequences:
         raise ValueError("collate needs at least one sequence")
-    width = max(map(len, sequences))
+    width = max(width, *map(len, sequences))
     input_ids = [ids + [pad_id] * (width - len(ids)) for ids in sequences]
     attention_mask = [[1] * len(ids) + [0] * (width - len(ids)) for ids in sequences]
     return {"input_ids": torch.tensor(input_ids, dtype=torch.long),

@@ -40,11 +40,13 @@ ACTIVE_THRESHOLD = 0.01  # nats (KL_i) and variance (AU), as in He et al. 2019
 
 def iterate_batches(seqs: list[list[int]], batch_size: int, pad_id: int, rank: int = 0,
                     world: int = 1) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
-    """Length-sorted batches (little padding) of this process's rows; yields (indices, collated batch)."""
+    """Length-sorted batches (little padding) of this process's rows; yields (indices, collated batch). Each process
+    pads its rows to the width of the whole batch, so what depends on the width (the greedy reconstruction's length
+    limit) does not depend on the number of processes."""
     for batch in data_lib.make_batches([len(s) for s in seqs], batch_size, shuffle=False):
         rows = batch[rank::world]
         if rows:
-            yield rows, data_lib.collate([seqs[i] for i in rows], pad_id)
+            yield rows, data_lib.collate([seqs[i] for i in rows], pad_id, width=max(len(seqs[i]) for i in batch))
 
 
 def _reduce(accelerator, values: dict[str, Tensor]) -> dict[str, Tensor]:
