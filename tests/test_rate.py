@@ -123,7 +123,7 @@ def test_a_high_rate_code_with_the_learned_prior_saves_loads_and_samples(tmp_pat
     torch.manual_seed(0)
     model = TextDVAE(config)
     with torch.no_grad():  # leave the uniform start, so that the round trip is tested on a real conditional
-        model.code_prior.out_weight.normal_(0, 0.5)
+        model.bottleneck.code_prior.out_weight.normal_(0, 0.5)
     model.save_pretrained(tmp_path)
     loaded = TextDVAE.from_pretrained(tmp_path).eval()
     codes = loaded.sample_prior(8, generator=torch.Generator().manual_seed(1))  # (8, 64)
@@ -137,7 +137,7 @@ def test_a_high_rate_code_with_the_learned_prior_saves_loads_and_samples(tmp_pat
     out = model(ids, torch.ones_like(ids), beta=0.5)
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.kl.shape == (3,)
-    for p in (model.to_posterior.weight, model.code_embed, model.code_prior.out_weight):
+    for p in (model.to_posterior.weight, model.bottleneck.code_embed, model.bottleneck.code_prior.out_weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
     # the code's size stops at its embedding table: the decoder is the same for K = 2 and K = 256
     small = TextDVAE(TextDVAEConfig(**{**config.to_diff_dict(), "num_categories": 2}))

@@ -30,7 +30,7 @@ def load_model(name: str, revision: str | None = None):
     """A local `final/` folder or a Hub repo id -> (model, tokenizer), in eval mode."""
     from transformers import AutoTokenizer
 
-    from .modeling import TextDVAE
+    from .modeling import IncompatibleWeightsError, TextDVAE
 
     path = Path(name)
     if path.exists() and not (path / "config.json").is_file():
@@ -39,7 +39,7 @@ def load_model(name: str, revision: str | None = None):
         raise ModelLoadError(f"model {name!r} not found: pass a local folder (a training run's final/) or a Hub repo id "
                              "such as user/model")
     try:
-        model, info = TextDVAE.from_pretrained(name, revision=revision, output_loading_info=True)
+        model = TextDVAE.from_pretrained(name, revision=revision)  # strict: a half-loaded model never decodes
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     except OSError as err:
         from huggingface_hub import constants
@@ -53,16 +53,12 @@ def load_model(name: str, revision: str | None = None):
         else:
             msg = f"could not load model {name!r}: {' '.join(str(err).split())}"  # one paragraph
         raise ModelLoadError(msg) from None
+    except IncompatibleWeightsError as err:
+        raise ModelLoadError(str(err)) from None
     except Exception as err:  # safetensors raises its own error types for truncated or corrupt files
         if type(err).__name__ in ("SafetensorError", "HeaderTooLarge", "HeaderTooSmall", "InvalidHeaderDeserialization"):
             raise ModelLoadError(f"the weights of {name!r} are truncated or corrupt ({err}); re-download or re-train") from None
         raise
-    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if bad:  # transformers would only warn and leave those weights random: never decode with a half-loaded model
-        details = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:4]))}{' ...' if len(v) > 4 else ''}"
-                            for k, v in bad.items())
-        raise ModelLoadError(f"the weights of {name!r} do not fit this version of textdvae ({details}); "
-                             "load it with the textdvae version that saved it, or re-train")
     model.tokenizer = tokenizer  # the one from this revision; saves loading it a second time
     model.eval()
     return model, tokenizer

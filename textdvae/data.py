@@ -149,11 +149,16 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
                          "textdvae.tokenization.build_tokenizer")
     encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
                         return_token_type_ids=False)["input_ids"] if texts else []
-    sequences = [ids[:max_length - 1] + [eos] for ids in encoded]
+    sequences = [with_eos(ids, max_length, eos) for ids in encoded]
     stats = SplitStats(n_sentences=len(sequences), n_skipped_blank=n_skipped_blank,
                        n_truncated=sum(len(ids) >= max_length for ids in encoded),
                        n_tokens=sum(map(len, sequences)))
     return sequences, stats
+
+
+def with_eos(ids: list[int], max_length: int, eos: int) -> list[int]:
+    """A sentence's token ids as the model reads them: its first ``max_length - 1`` tokens, then EOS."""
+    return ids[:max_length - 1] + [eos]
 
 
 def make_batches(lengths: list[int], batch_size: int, *, shuffle: bool, seed: int = 0,
@@ -194,11 +199,12 @@ def padding_waste(batches: list[list[int]], lengths: list[int]) -> float:
     return (padded - real) / padded if padded else 0.0
 
 
-def collate(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` (1 on tokens, 0 on padding), both (B, T) long tensors."""
+def collate(sequences: list[list[int]], pad_id: int, width: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` (1 on tokens, 0 on padding), both (B, T) long tensors; T is
+    the longest sequence, or ``width`` if that is more."""
     if not sequences:
         raise ValueError("collate needs at least one sequence")
-    width = max(map(len, sequences))
+    width = max(width, *map(len, sequences))
     input_ids = [ids + [pad_id] * (width - len(ids)) for ids in sequences]
     attention_mask = [[1] * len(ids) + [0] * (width - len(ids)) for ids in sequences]
     return {"input_ids": torch.tensor(input_ids, dtype=torch.long),
