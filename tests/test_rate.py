@@ -59,8 +59,8 @@ def test_calibration_aims_the_training_kl_where_validation_meets_the_target():
     assert other == ctl
 
 
-RATE_RUN = [*TINY, "train.free_bits=0", "train.target_rate=2.5", "train.max_steps=800", "train.eval_every=100",
-            "train.save_every=200", "train.lr_schedule=constant", "train.log_every=10", "data.max_train_samples=2000", "data.max_eval_samples=200",
+RATE_RUN = [*TINY, "train.free_bits=0", "train.target_rate=2.5", "train.max_steps=1600", "train.eval_every=100",
+            "train.save_every=400", "train.lr_schedule=constant", "train.log_every=10", "data.max_train_samples=2000", "data.max_eval_samples=200",
             "train.iw_samples=2"]
 
 
@@ -79,11 +79,12 @@ def held_run(tmp_path_factory):
 def test_a_tiny_model_is_held_at_its_target_rate(held_run):
     out, metrics = held_run
     log = training_log(out)
-    evals = [r for r in log if r.get("split") == "eval"]
-    betas = [r["beta"] for r in log if "beta" in r]
-    # 4 latents x 4 categories hold at most 5.5 nats; without the controller (beta = 1, no free bits) the KL collapses
-    assert min(betas) < 0.5, "the controller never lowered beta"
-    assert abs(evals[-1]["kl"] - 2.5) <= 0.25, [round(r["kl"], 2) for r in evals]
+    kl = {r["step"]: r["kl"] for r in log if r.get("split") == "eval"}  # validation KL every 100 steps
+    # 4 latents x 4 categories hold at most 5.5 nats. While beta is still near 1 the code collapses (no free bits);
+    # the controller brings it back and holds it: over the second half the validation KL averages the target
+    assert max(kl[100], kl[200]) < 0.1, kl
+    late = [v for step, v in kl.items() if step > 800]
+    assert abs(sum(late) / len(late) - 2.5) <= 0.25 and all(abs(v - 2.5) <= 0.5 for v in late), kl
     assert abs(metrics["kl"] - 2.5) <= 0.25, metrics["kl"]  # the final model, on test
 
 
@@ -91,11 +92,11 @@ def test_resume_restores_the_controller(held_run, tmp_path):
     out, _ = held_run
     copy = tmp_path / "resumed"
     shutil.copytree(out, copy)
-    for path in (copy / "checkpoints").glob("step-*"):  # go back to step 600
-        if path.name != "step-0000600":
+    for path in (copy / "checkpoints").glob("step-*"):  # go back to step 1200
+        if path.name != "step-0001200":
             shutil.rmtree(path)
     shutil.rmtree(copy / "final")
-    assert (copy / "checkpoints" / "step-0000600").is_dir()
+    assert (copy / "checkpoints" / "step-0001200").is_dir()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -103,7 +104,7 @@ def test_resume_restores_the_controller(held_run, tmp_path):
                               [f"output_dir={copy}", *RATE_RUN, "train.resume=true"]))
     finally:
         torch.set_num_threads(threads)
-    assert training_log(copy) == training_log(out)  # beta after step 600 included
+    assert training_log(copy) == training_log(out)  # beta after step 1200 included
 
 
 @pytest.mark.parametrize("override,message", [
@@ -126,11 +127,11 @@ def test_a_high_rate_code_with_the_learned_prior_saves_loads_and_samples(tmp_pat
         model.bottleneck.code_prior.out_weight.normal_(0, 0.5)
     model.save_pretrained(tmp_path)
     loaded = TextDVAE.from_pretrained(tmp_path).eval()
-    codes = loaded.sample_prior(8, generator=torch.Generator().manual_seed(1))  # (8, 64)
+    codes = loaded.bottleneck.sample_prior(8, generator=torch.Generator().manual_seed(1))  # (8, 64)
     assert codes.shape == (8, 64) and 0 <= int(codes.min()) and int(codes.max()) < 256
     one_hot = torch.nn.functional.one_hot(codes, 256).float()
-    assert torch.equal(loaded.log_prior(one_hot), model.eval().log_prior(one_hot))
-    assert (loaded.log_prior(one_hot) > -64 * math.log(256) - 200).all()
+    assert torch.equal(loaded.bottleneck.log_prior(one_hot), model.eval().bottleneck.log_prior(one_hot))
+    assert (loaded.bottleneck.log_prior(one_hot) > -64 * math.log(256) - 200).all()
     # it trains: one step reaches the encoder, the code table and the prior
     model.train()
     ids = torch.randint(4, 30, (3, 6))
