@@ -97,7 +97,7 @@ def measure(name: str, run_dir: Path, command: str) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = ("| trial | latent | −ELBO | KL | mean NMI | min NMI | MIG | SAP | DCI D / C / I | exact rec. | traversal "
-            "clean (min) | train min |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "clean (min) | train min (shared CPU) |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         clean = (f"{r['traversal_clean']:.0%} ({r['traversal_clean_min']:.0%})" if "traversal_clean" in r else "-")
