@@ -495,3 +495,22 @@ def test_cli_factors_on_a_gaussian_model_with_integer_labels_in_csv(capsys, tmp_
     assert code == 2 and "not a .jsonl" in err
     code, _, err = cli(capsys, "factors", tmp_path / "g", tmp_path / "missing.jsonl", "--factors", "size")
     assert code == 2 and "matches no file" in err
+
+
+def test_factor_benchmark_row_and_readme_table(trained, tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import factors as bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    monkeypatch.setattr(bench, "N_TRAVERSE", 20)
+    row = bench.measure("tiny", trained.path.parent, "textdvae train tiny")
+    assert row["latent"] == "categorical" and set(row["per_factor"]) == set(FACTORS)
+    assert 0 <= row["traversal_clean_min"] <= row["traversal_clean"] <= 1
+    assert row["nmi_min"] == min(f["nmi"] for f in row["per_factor"].values()) <= row["nmi_mean"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{bench.MARK[0]}\nold table\n{bench.MARK[1]}\nafter\n")
+    bench.write_readme(bench.table([row]), readme)
+    text = readme.read_text()
+    assert "old table" not in text and "| tiny | categorical |" in text and "`textdvae train tiny`" in text
+    assert text.startswith("before\n") and text.endswith(f"{bench.MARK[1]}\nafter\n")
