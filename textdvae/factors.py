@@ -153,8 +153,9 @@ def dci(importance: np.ndarray) -> tuple[float, float]:
 def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, l1: float = L1,
               steps: int = PROBE_STEPS) -> tuple[np.ndarray, np.ndarray]:
     """L1-regularized multinomial logistic regression, min_W,b mean CE(x W + b, y) + l1 * |W|_1, by FISTA (Beck &
-    Teboulle 2009) with step 1 / Lipschitz bound (the softmax cross-entropy's Hessian in the logits is at most 1/2, so in (W, b)
-    at most 1/2 |[x 1]|^2 / n). x (n, P), y (n,) -> W (P, C), b (C,). Deterministic: full batch, zero start, float64."""
+    Teboulle 2009) with step 1 / Lipschitz bound (the softmax cross-entropy's Hessian in the logits is at most 1/2,
+    so in (W, b) at most 1/2 |[x 1]|^2 / n). x (n, P), y (n,) -> W (P, C), b (C,). Deterministic: full batch, zero
+    start, float64."""
     X = torch.as_tensor(x, dtype=torch.float64)
     Y = torch.as_tensor(y, dtype=torch.long)
     n, P = X.shape
