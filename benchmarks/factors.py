@@ -103,8 +103,8 @@ def table(rows: list[dict]) -> str:
         clean = (f"{r['traversal_clean']:.0%} ({r['traversal_clean_min']:.0%})" if "traversal_clean" in r else "-")
         lines.append(f"| {r['name']} | {r['latent']} | {-r['elbo']:.2f} | {r['kl']:.2f} | {r['nmi_mean']:.2f} | "
                      f"{r['nmi_min']:.2f} | {r['mig']:.2f} | {r['sap']:.2f} | {r['dci_disentanglement']:.2f} / "
-                     f"{r['dci_completeness']:.2f} / {r['dci_informativeness']:.2f} | {r['exact_reconstruction']:.1%} | {clean} | "
-                     f"{r['minutes']:.1f} |")
+                     f"{r['dci_completeness']:.2f} / {r['dci_informativeness']:.2f} | "
+                     f"{r['exact_reconstruction']:.1%} | {clean} | {r['minutes']:.1f} |")
     lines.append("")
     lines.append("Commands:")
     lines.append("")
