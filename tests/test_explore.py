@@ -1,6 +1,7 @@
 """Decoding and exploring the code space: incremental decoding against a full re-run, beam search, top-k/top-p,
 codes in every form, and interpolation / traversal / the CLI on a small model trained on the bundled corpus."""
 
+import importlib.util
 import io
 import json
 import math
@@ -281,6 +282,51 @@ def test_traverse_and_interpolate_on_a_random_model():
         model.interpolate("the cat", "the dog", method="simplex", steps=1)
 
 
+# ---- one API for both latents: a Gaussian model is explored from its posterior mean ----------------------------
+
+
+def test_gaussian_model_encodes_reconstructs_interpolates_and_traverses_from_the_posterior_mean():
+    model = tiny(latent="gaussian", latent_dim=4, eos_bias=0.25)
+    with torch.no_grad():
+        model.z_to_cond.weight.mul_(20)  # a random decoder that listens to z
+    a, b = "the cat chased the fox .", "the dog will not help a big bird slowly ."
+    mu, sigma = model.encode([a, b])
+    batch = explore.tokenize(model, [a, b])
+    params, _ = model.posterior(batch["input_ids"], batch["attention_mask"])  # (2, Dz, 2): [mu, logvar]
+    torch.testing.assert_close(mu, params[..., 0])
+    torch.testing.assert_close(sigma, (0.5 * params[..., 1]).exp())
+    recs = model.reconstruct([a, b])
+    assert recs == model.decode(mu)
+    assert len(set(recs)) == 2  # the two means decode differently: the test below can tell them apart
+    path = model.interpolate(a, b, steps=4)  # the default method of a Gaussian model is "linear"
+    assert [p["t"] for p in path] == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert path[0]["text"] == recs[0] and path[-1]["text"] == recs[1]
+    torch.testing.assert_close(torch.tensor(path[0]["codes"]), mu[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor(path[2]["codes"]), mu[0] / 3 + 2 * mu[1] / 3, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="not one of linear"):
+        model.interpolate(a, b, method="hamming")
+    rows = model.traverse(a, 2)
+    values = [r["value"] for r in rows]
+    assert len(rows) == 8 and values == sorted(values) and sum(r["original"] for r in rows) == 1
+    own = next(r for r in rows if r["original"])
+    assert own["text"] == recs[0] and own["value"] == pytest.approx(float(mu[0, 2]), abs=1e-4)
+    for r in rows:  # only dimension 2 moves
+        assert r["codes"][:2] + r["codes"][3:] == pytest.approx(mu[0, [0, 1, 3]].tolist(), abs=1e-4)
+    assert [r["value"] for r in rows if not r["original"]] == [-3, -2, -1, 0, 1, 2, 3]
+    assert [r["text"] for r in rows if not r["original"]] == model.decode(
+        torch.stack([torch.cat([mu[0, :2], torch.tensor([float(v)]), mu[0, 3:]]) for v in range(-3, 4)]))
+    with pytest.raises(ValueError, match="latents 0..3"):
+        model.traverse(a, 4)
+
+
+def test_categorical_interpolation_still_defaults_to_hamming():
+    model = tiny()
+    a, b = "the cat chased the fox .", "the dog will not help a big bird slowly ."
+    assert model.interpolate(a, b) == model.interpolate(a, b, method="hamming")
+    with pytest.raises(ValueError, match="not one of hamming, simplex"):
+        model.interpolate(a, b, method="linear")
+
+
 # ---- a small model trained on the bundled corpus ----------------------------------------------------------------
 
 PAIRS = [("the cat chased the fox .", "the dogs will not greet the old queen ."),
@@ -387,3 +433,66 @@ def test_cli_sample_and_traverse_plot(trained, capsys, tmp_path):
 
     image = imread(png)
     assert image.shape[0] > 200 and image.shape[1] > 400
+
+
+FACTORS = ["subject", "number", "verb", "tense", "negation", "adjective", "object", "adverb"]
+
+
+def test_cli_factors_json_and_plot_agree_with_the_traversal_benchmark(trained, capsys, tmp_path):
+    out, png = tmp_path / "factors.json", tmp_path / "nmi.png"
+    code, text, _ = cli(capsys, "factors", trained.path, ROOT / "data" / "test.jsonl", "--factors", *FACTORS,
+                        "--max-samples", "300", "--json", out, "--plot", png)
+    assert code == 0 and "exact reconstruction" in text
+    result = json.loads(out.read_text())
+    assert set(result["factors"]) == set(FACTORS)
+    for f in result["factors"].values():
+        assert set(f) == {"nmi", "best_latent", "mig", "sap", "probe_accuracy", "majority"}
+    for key in ("dci_disentanglement", "dci_completeness", "dci_informativeness", "mig", "nmi_mean"):
+        assert 0 <= result[key] <= 1
+    records = [json.loads(line) for line in (ROOT / "data" / "test.jsonl").read_text().splitlines()[:300]]
+    texts = [r["text"] for r in records]
+    model = trained.model
+    assert result["exact_reconstruction"] == sum(a == b for a, b in zip(model.reconstruct(texts), texts)) / 300
+    # each factor's best latent and NMI, recomputed here from the codes by counting
+    codes, _ = model.encode(texts)
+    for f in FACTORS:
+        labels = [r[f] for r in records]
+        nmis = [_nmi_by_counting([c[i] for c in codes.tolist()], labels) for i in range(codes.shape[1])]
+        assert result["factors"][f]["nmi"] == pytest.approx(max(nmis), abs=1e-9)
+        assert nmis[result["factors"][f]["best_latent"]] == pytest.approx(max(nmis), abs=1e-9)
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert png.stat().st_size > 1000
+
+
+def test_cli_factors_on_a_gaussian_model_with_integer_labels_in_csv(capsys, tmp_path):
+    model = tiny(latent="gaussian", latent_dim=4, eos_bias=0.25)
+    model.save_pretrained(tmp_path / "g")
+    model.tokenizer.save_pretrained(tmp_path / "g")
+    rows = ["text,size,kind"] + [f"the {a} {n} .,{i % 3},{n}" for i, (a, n) in
+                                enumerate((a, n) for a in ("big", "small", "old") for n in ("cat", "dog", "fox"))]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "g.json"
+    code, _, err = cli(capsys, "factors", tmp_path / "g", tmp_path / "d.csv", "--factors", "size", "kind",
+                       "--json", out)
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert result["latent"] == "gaussian" and result["n"] == 9 and len(result["nmi_matrix"]) == 4
+    assert set(result["factors"]) == {"size", "kind"}
+    code, _, err = cli(capsys, "factors", tmp_path / "g", tmp_path / "d.csv", "--factors", "colour")
+    assert code == 2 and "no column 'colour'" in err and "size" in err
+    (tmp_path / "d.txt").write_text("the big cat .\n")
+    code, _, err = cli(capsys, "factors", tmp_path / "g", tmp_path / "d.txt", "--factors", "size")
+    assert code == 2 and "not a .jsonl" in err
+    code, _, err = cli(capsys, "factors", tmp_path / "g", tmp_path / "missing.jsonl", "--factors", "size")
+    assert code == 2 and "matches no file" in err
+
+
+def _nmi_by_counting(xs, ys) -> float:
+    """I(X; Y) / ((H(X) + H(Y)) / 2) from the joint counts (0 when both sides are constant)."""
+    from collections import Counter
+    n = len(xs)
+    joint, px, py = Counter(zip(xs, ys)), Counter(xs), Counter(ys)
+    mi = sum(c / n * math.log(c * n / (px[x] * py[y])) for (x, y), c in joint.items())
+    hx = -sum(c / n * math.log(c / n) for c in px.values())
+    hy = -sum(c / n * math.log(c / n) for c in py.values())
+    return 2 * mi / (hx + hy) if hx + hy > 0 else 0.0

@@ -1,4 +1,4 @@
-"""`textdvae SUBCOMMAND ...`: train, eval, encode, reconstruct, sample, interpolate, traverse, push, demo.
+"""`textdvae SUBCOMMAND ...`: train, eval, encode, reconstruct, sample, interpolate, traverse, factors, push, demo.
 
 User errors (a bad recipe, bad data, a missing model) print one paragraph and exit with status 2; `--debug`
 shows the traceback instead. The package reports through the ``textdvae`` logger; the CLI prints its messages,
@@ -236,6 +236,93 @@ def cmd_traverse(args) -> int:
     return 0
 
 
+_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv"}  # factors' DATA by extension
+
+
+def _factor_data(args) -> tuple[list[str], dict[str, list]]:
+    """DATA read like a recipe's `data` section: a local JSONL/JSON/CSV/TSV file (that split alone) or a Hub dataset
+    (its `--split`) -> the non-blank texts and each factor column's labels for them."""
+    import datasets
+
+    from .data import DataError, _check_local_files
+    from .recipe import DataConfig
+
+    path = Path(args.data)
+    suffix = path.suffix.lower()
+    if path.exists() or suffix in _FILE_BUILDERS:
+        if suffix not in _FILE_BUILDERS:
+            raise InputError(f"{args.data} is not a .jsonl, .json, .csv or .tsv file; give labelled data in one of "
+                             "those, or a Hub dataset id")
+        options = {"delimiter": "\t"} if suffix == ".tsv" else {}
+        cfg = DataConfig(path=_FILE_BUILDERS[suffix], data_files={args.split: str(path)}, load_options=options)
+    else:
+        cfg = DataConfig(path=args.data, name=args.name)
+    _check_local_files(cfg)
+    try:
+        dataset = datasets.load_dataset(cfg.path, cfg.name, data_files=cfg.data_files, **cfg.load_options)
+    except (datasets.exceptions.DatasetNotFoundError, ConnectionError, ValueError) as err:
+        raise DataError(f"could not load {args.data!r}: {' '.join(str(err).split())}") from None
+    if args.split not in dataset:
+        raise DataError(f"split {args.split!r} not in {args.data!r} (splits: {', '.join(dataset)}); pass --split")
+    split = dataset[args.split]
+    missing = [c for c in [args.text_column, *args.factors] if c not in split.column_names]
+    if missing:
+        raise DataError(f"{args.data!r} has no column {', '.join(map(repr, missing))} (columns: "
+                        f"{', '.join(split.column_names)}); pass --text-column and --factors with its column names")
+    columns = split.with_format("arrow")[:]  # a pyarrow Table
+    texts = columns[args.text_column].to_pylist()
+    keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()][: args.max_samples]
+    if len(keep) < 2:
+        raise DataError(f"{args.data!r} (split {args.split!r}) has {len(keep)} non-blank texts; scoring needs 2 or more")
+    labels = {f: columns[f].to_pylist() for f in args.factors}
+    return [texts[i].strip() for i in keep], {f: [labels[f][i] for i in keep] for f in args.factors}
+
+
+def cmd_factors(args) -> int:
+    import numpy as np
+
+    from . import factors as fx
+
+    model = _explore_model(args, categorical=False)
+    if model.config.latent == "none":
+        raise InputError(f"{args.model} has no latent (latent='none'): there are no codes to score")
+    texts, labels = _factor_data(args)
+    codes, _ = _explore(model.encode, texts)  # (n, N) categories, or (n, Dz) posterior means
+    recs = _explore(model.decode, codes, max_length=args.max_length)
+    exact = sum(r.split() == t.split() for r, t in zip(recs, texts)) / len(texts)
+    if model.config.latent == "categorical":
+        discrete = codes.cpu().numpy()
+        features, owner = fx.one_hot_features(discrete, model.config.num_categories)
+    else:
+        means = codes.cpu().numpy()
+        discrete = fx.discretize(means)
+        features, owner = fx.standardized_features(means)
+    try:
+        result = fx.score(discrete, features, owner, labels, seed=args.seed)
+    except ValueError as err:  # labels that cannot be scored (e.g. missing values) are the user's data
+        raise InputError(str(err)) from None
+    result = {"model": args.model, "data": args.data, "split": args.split, "latent": model.config.latent,
+              **result, "exact_reconstruction": exact}
+    print(f"{result['n']} sentences of {args.data} ({args.split}); probes and SAP scored on {result['n_heldout']} "
+          f"held out; {model.config.latent} codes ({discrete.shape[1]} latents)")
+    rows = [{"factor": name, "values": len(set(labels[name])), "best latent": f["best_latent"],
+             "NMI": f"{f['nmi']:.3f}", "MIG": f"{f['mig']:.3f}", "SAP": f"{f['sap']:.3f}",
+             "probe": f"{f['probe_accuracy']:.3f}", "majority": f"{f['majority']:.3f}"}
+            for name, f in result["factors"].items()]
+    plain = argparse.Namespace(json=False)
+    _emit(plain, rows, ["factor", "values", "best latent", "NMI", "MIG", "SAP", "probe", "majority"])
+    print(f"mean best-latent NMI {result['nmi_mean']:.3f}, MIG {result['mig']:.3f}, SAP {result['sap']:.3f}; DCI "
+          f"disentanglement {result['dci_disentanglement']:.3f}, completeness {result['dci_completeness']:.3f}, "
+          f"informativeness {result['dci_informativeness']:.3f}; exact reconstruction {exact:.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.plot:
+        from .plots import factor_nmi_heatmap
+        factor_nmi_heatmap(np.array(result["nmi_matrix"]), list(labels), Path(args.plot),
+                           title=f"NMI between latents and factors ({args.split})")
+    return 0
+
+
 def cmd_push(args) -> int:
     from .hub import push_to_hub
 
@@ -328,6 +415,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text")
     p.add_argument("--latent", type=int, required=True)
     p.add_argument("--plot", help="also draw the table to this PNG file")
+
+    p = sub.add_parser("factors", help="how well the codes line up with labelled factors: NMI, MIG, SAP, DCI, probes")
+    p.add_argument("model", help="a final/ folder or a Hub repo id")
+    p.add_argument("data", help="labelled sentences: a .jsonl, .json, .csv or .tsv file, or a Hub dataset id")
+    p.add_argument("--factors", nargs="+", required=True, metavar="COL", help="the label columns to score")
+    p.add_argument("--split", default="test", help="the split of a Hub dataset (a file is read as this split)")
+    p.add_argument("--name", help="the Hub dataset's configuration name")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--max-samples", type=int, help="score the first n sentences only")
+    p.add_argument("--max-length", type=int, default=64, help="longest decoded sentence, in tokens")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    p.add_argument("--revision", help="Hub revision")
+    p.add_argument("--json", help="also write the scores to this JSON file")
+    p.add_argument("--plot", help="also draw the latent x factor NMI heatmap to this PNG file")
+    p.set_defaults(func=cmd_factors)
 
     p = sub.add_parser("push", help="push a saved model folder to the Hugging Face Hub")
     p.add_argument("model_dir")

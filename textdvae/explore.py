@@ -89,17 +89,22 @@ def conditioning(model, codes) -> Tensor | None:
 
 @torch.no_grad()
 def encode(model, texts: list[str]) -> tuple[Tensor, Tensor]:
-    """-> most likely codes (B, N) and posterior probabilities q(z_i | x) (B, N, K)."""
-    if model.config.latent != "categorical":
-        raise ValueError(f"encode gives categorical codes; this model has latent={model.config.latent!r}")
+    """Categorical: -> most likely codes (B, N) and posterior probabilities q(z_i | x) (B, N, K).
+    Gaussian: -> posterior means (B, Dz), the code a Gaussian model is decoded from here, and standard deviations
+    (B, Dz)."""
+    if model.config.latent == "none":
+        raise ValueError("this model has no latent (latent='none'): there is nothing to encode")
     texts = _check_texts(texts)  # refuse empty texts before encoding any
     parts = []
     for start in range(0, len(texts), ENCODE_ROWS):
         batch = tokenize(model, texts[start:start + ENCODE_ROWS])
-        logits, _ = model.posterior(batch["input_ids"], batch["attention_mask"])  # (b, N, K)
-        parts.append(logits.softmax(-1))
-    probs = torch.cat(parts)  # (B, N, K)
-    return probs.argmax(-1), probs
+        params, _ = model.posterior(batch["input_ids"], batch["attention_mask"])  # (b, N, K) or (b, Dz, 2)
+        parts.append(params.softmax(-1) if model.config.latent == "categorical" else params)
+    out = torch.cat(parts)
+    if model.config.latent == "gaussian":
+        mu, logvar = out.unbind(-1)  # (B, Dz) each
+        return mu, (0.5 * logvar).exp()
+    return out.argmax(-1), out  # (B, N), (B, N, K)
 
 
 @torch.no_grad()
@@ -325,7 +330,8 @@ def _reorder(state: dict, index: Tensor) -> dict:
 
 @torch.no_grad()
 def reconstruct(model, texts: list[str], **decode_kwargs) -> list[str]:
-    """Encode to the most likely code and decode it (greedy unless told otherwise)."""
+    """Encode to the most likely code (a Gaussian model: the posterior mean) and decode it (greedy unless told
+    otherwise)."""
     codes, _ = encode(model, texts)
     return decode(model, codes, **decode_kwargs)
 
@@ -359,22 +365,36 @@ def ids_log_likelihood(model, ids: list[list[int]], codes) -> Tensor:
 
 
 @torch.no_grad()
-def interpolate(model, a: str, b: str, method: str = "hamming", steps: int = 5, max_length: int = 64) -> list[dict]:
-    """A path of sentences from A's reconstruction to B's (greedy decoding).
+def interpolate(model, a: str, b: str, method: str | None = None, steps: int = 5, max_length: int = 64) -> list[dict]:
+    """A path of sentences from A's reconstruction to B's (greedy decoding). method: hamming (the default) or
+    simplex for a categorical model, linear (the only one) for a Gaussian model.
 
     hamming: A's and B's codes differ in d latents; change them one at a time, each time picking the latent whose
         change gives the decoded sentence the highest log p(x | z) (a greedy path): d + 1 points, the first A's
         reconstruction and the last B's.
     simplex: decode from soft codes (1 - t) q_A + t q_B, the posteriors mixed per latent, at `steps` values of t;
         "codes" is the most likely category of each latent of the mixture, "t" the mixing weight.
+    linear: decode from the posterior means (1 - t) mu_A + t mu_B at `steps` values of t; "codes" is the mean.
     Each point: {"step", "text", "codes", "repeated"}, where repeated marks a text equal to the previous point's
     (kept, not dropped).
     """
-    if method not in ("hamming", "simplex"):
-        raise ValueError(f"method={method!r} is not one of hamming, simplex")
-    codes, probs = encode(model, [a, b])  # (2, N), (2, N, K)
+    gaussian = model.config.latent == "gaussian"
+    allowed = ("linear",) if gaussian else ("hamming", "simplex")
+    method = method or allowed[0]
+    if method not in allowed:
+        raise ValueError(f"method={method!r} is not one of {', '.join(allowed)} for a model with "
+                         f"latent={model.config.latent!r}")
+    if method != "hamming" and steps < 2:
+        raise ValueError(f"steps must be >= 2 for a {method} path, got {steps}")
+    codes, probs = encode(model, [a, b])  # (2, N), (2, N, K); Gaussian: means (2, Dz)
     extra = None
-    if method == "hamming":
+    if method == "linear":
+        t = torch.linspace(0, 1, steps, device=codes.device).view(-1, 1)  # (S, 1)
+        points = (1 - t) * codes[0] + t * codes[1]  # (S, Dz)
+        texts = decode(model, points, max_length=max_length)
+        points = points.round(decimals=4)
+        extra = [round(float(x), 6) for x in t.flatten()]
+    elif method == "hamming":
         current, target = codes[0].clone(), codes[1]
         path = [current.clone()]
         remaining = [i for i in range(len(current)) if current[i] != target[i]]
@@ -396,8 +416,6 @@ def interpolate(model, a: str, b: str, method: str = "hamming", steps: int = 5, 
         points = torch.stack(path)  # (d + 1, N)
         texts = decode(model, points, max_length=max_length)
     else:
-        if steps < 2:
-            raise ValueError(f"steps must be >= 2 for a simplex path, got {steps}")
         t = torch.linspace(0, 1, steps, device=probs.device).view(-1, 1, 1)  # (S, 1, 1)
         soft = (1 - t) * probs[0] + t * probs[1]  # (S, N, K)
         texts = decode(model, soft, max_length=max_length)
@@ -413,18 +431,32 @@ def interpolate(model, a: str, b: str, method: str = "hamming", steps: int = 5, 
 
 
 @torch.no_grad()
-def traverse(model, text: str, latent: int, max_length: int = 64) -> list[dict]:
+def traverse(model, text: str, latent: int, max_length: int = 64, values: list[float] | None = None) -> list[dict]:
     """Decode the text's code with latent `latent` set to each of its K categories:
-    [{"category", "text", "codes", "original"}], original marking the text's own category."""
-    N, K = model.config.num_latents, model.config.num_categories
+    [{"category", "text", "codes", "original"}], original marking the text's own category.
+    A Gaussian model: the posterior mean with dimension `latent` set to each of `values` (default -3, -2, .., 3
+    prior standard deviations) and, marked original, to its own value: [{"value", "text", "codes", "original"}]
+    in increasing value."""
+    gaussian = model.config.latent == "gaussian"
+    N = model.config.latent_dim if gaussian else model.config.num_latents
     if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < N:
         raise ValueError(f"latent={latent!r} is out of range: this model has latents 0..{N - 1}")
-    codes, _ = encode(model, [text])
-    grid = codes.repeat(K, 1)  # (K, N)
-    grid[:, latent] = torch.arange(K, device=grid.device)
+    codes, _ = encode(model, [text])  # (1, N); Gaussian: (1, Dz)
+    if not gaussian:
+        K = model.config.num_categories
+        grid = codes.repeat(K, 1)  # (K, N)
+        grid[:, latent] = torch.arange(K, device=grid.device)
+        texts = decode(model, grid, max_length=max_length)
+        original = int(codes[0, latent])
+        return [{"category": k, "text": texts[k], "codes": grid[k].tolist(), "original": k == original}
+                for k in range(K)]
+    own = float(codes[0, latent])
+    grid_values = sorted([(float(v), False) for v in (range(-3, 4) if values is None else values)] + [(own, True)])
+    grid = codes.repeat(len(grid_values), 1)  # (S, Dz)
+    grid[:, latent] = torch.tensor([v for v, _ in grid_values], device=grid.device)
     texts = decode(model, grid, max_length=max_length)
-    original = int(codes[0, latent])
-    return [{"category": k, "text": texts[k], "codes": grid[k].tolist(), "original": k == original} for k in range(K)]
+    return [{"value": round(v, 4), "text": texts[i], "codes": [round(x, 4) for x in grid[i].tolist()],
+             "original": is_own} for i, (v, is_own) in enumerate(grid_values)]
 
 
 def _cut(ids: list[int], eos: int) -> list[int]:

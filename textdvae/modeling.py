@@ -519,7 +519,8 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
                                token=token if isinstance(token, str) else None)
 
     def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        """Texts -> most likely codes (B, N) and posterior probabilities (B, N, K)."""
+        """Texts -> most likely codes (B, N) and posterior probabilities (B, N, K); a Gaussian model: posterior means
+        and standard deviations (B, Dz)."""
         return explore.encode(self, texts)
 
     def decode(self, codes, **kwargs) -> list[str]:
@@ -533,9 +534,10 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         """n sentences from codes drawn from the prior -> (texts, codes (n, N)); see explore.sample."""
         return explore.sample(self, n, **kwargs)
 
-    def interpolate(self, a: str, b: str, method: str = "hamming", steps: int = 5, **kwargs) -> list[dict]:
+    def interpolate(self, a: str, b: str, method: str | None = None, steps: int = 5, **kwargs) -> list[dict]:
         """A path of sentences from A's reconstruction to B's: [{"step", "text", "codes", "repeated"}];
-        method "hamming" (one latent at a time) or "simplex" (`steps` mixtures of the posteriors)."""
+        method "hamming" (one latent at a time, the default) or "simplex" (`steps` mixtures of the posteriors);
+        a Gaussian model: "linear" (`steps` mixtures of the posterior means)."""
         return explore.interpolate(self, a, b, method=method, steps=steps, **kwargs)
 
     def traverse(self, text: str, latent: int, **kwargs) -> list[dict]:

@@ -109,3 +109,24 @@ def traversal_table(text: str, latent: int, rows: list[dict], png_path: str | Pa
 
 def _shorten(text: str, limit: int = 180) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def factor_nmi_heatmap(nmi, factors: list[str], png_path: Path, title: str = "NMI between latents and factors") -> None:
+    """nmi (L, F): the normalized mutual information of each latent with each factor; each factor's best latent
+    outlined."""
+    plt = _pyplot("factor NMI heatmap")
+    if plt is None:
+        return
+    L, F = len(nmi), len(factors)
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * F + 2), max(3, 0.32 * L + 1.5)))
+    im = ax.imshow(nmi, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set(xlabel="factor", ylabel="latent", title=title, xticks=range(F), yticks=range(L))
+    ax.set_xticklabels(factors, rotation=45, ha="right")
+    for j in range(F):
+        best = max(range(L), key=lambda i: nmi[i][j])
+        ax.add_patch(plt.Rectangle((j - 0.5, best - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+        ax.text(j, best, f"{nmi[best][j]:.2f}", ha="center", va="center", fontsize=7, color="white")
+    fig.colorbar(im, ax=ax, label="NMI")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
