@@ -40,13 +40,19 @@ logger = logging.getLogger(__name__)
 ACTIVE_THRESHOLD = 0.01  # nats (KL_i) and variance (AU), as in He et al. 2019
 
 
-def iterate_batches(seqs: list[list[int]], batch_size: int, pad_id: int, rank: int = 0,
+def iterate_batches(seqs, batch_size: int, pad_id: int, rank: int = 0,
                     world: int = 1) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
-    """Length-sorted batches (little padding) of this process's rows; yields (indices, collated batch)."""
-    for batch in data_lib.make_batches([len(s) for s in seqs], batch_size, shuffle=False):
-        rows = batch[rank::world]
+    """Length-sorted batches (little padding) of this process's rows; yields (indices, collated batch).
+
+    ``seqs``: a :class:`textdvae.data.TokenSplit` (its rows are fetched from Arrow one batch at a time) or a list of
+    token-id lists."""
+    arrow = isinstance(seqs, data_lib.TokenSplit)
+    lengths = seqs.lengths if arrow else [len(s) for s in seqs]
+    plan = data_lib.batch_plan(lengths, batch_size, shuffle=False)
+    for k in range(len(plan)):
+        rows = plan[k][rank::world].tolist()
         if rows:
-            yield rows, data_lib.collate([seqs[i] for i in rows], pad_id)
+            yield rows, data_lib.collate(seqs.rows(rows) if arrow else [seqs[i] for i in rows], pad_id)
 
 
 def _reduce(accelerator, values: dict[str, Tensor]) -> dict[str, Tensor]:

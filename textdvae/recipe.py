@@ -47,10 +47,11 @@ class DataConfig:
     max_train_samples: int | None = None  # take the first n training sentences (quick runs, tests)
     max_eval_samples: int | None = None  # the same for the evaluation and test splits
     encoding_errors: str = "strict"  # non-UTF-8 bytes in local text files: strict (error naming file:line) | replace
+    num_proc: int | None = None  # processes that clean and tokenize the splits (datasets' map num_proc); None: one
 
     def validate(self) -> None:
         _positive("data.max_length", self.max_length, minimum=2)
-        for key in ("max_train_samples", "max_eval_samples"):
+        for key in ("max_train_samples", "max_eval_samples", "num_proc"):
             value = getattr(self, key)
             if value is not None:
                 _positive(f"data.{key}", value)
@@ -66,10 +67,15 @@ class TokenizerConfig:
     min_frequency: int = 1  # a word seen fewer times in train becomes <unk> (word) / is not merged (bpe)
     lowercase: bool = False
     name_or_path: str | None = None  # for kind=pretrained or kind=sentencepiece
+    # trained kinds read at most this many training sentences: all of them when the split is no larger, else a sample
+    # drawn with train.seed; None: the whole split (memory and time grow with it)
+    train_samples: int | None = 1_000_000
 
     def validate(self) -> None:
         _choice("tokenizer.kind", self.kind, ("word", "bpe", "unigram", "pretrained", "sentencepiece"))
         _positive("tokenizer.vocab_size", self.vocab_size, minimum=8)
+        if self.train_samples is not None:
+            _positive("tokenizer.train_samples", self.train_samples)
         _positive("tokenizer.min_frequency", self.min_frequency)
         if self.kind in ("pretrained", "sentencepiece") and not self.name_or_path:
             raise RecipeError(f"tokenizer.kind={self.kind} needs tokenizer.name_or_path (a Hub id, folder or .model file)")

@@ -117,10 +117,11 @@ class Trainer:
         if self.cfg.resume and (self.ckpt_dir / "tokenizer").is_dir():  # the run's own vocabulary, never retrained
             from transformers import AutoTokenizer
             tokenizer = AutoTokenizer.from_pretrained(self.ckpt_dir / "tokenizer")
-        self.data = data_lib.prepare_data(recipe, tokenizer)
+        with self.accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
+            self.data = data_lib.prepare_data(recipe, tokenizer)
         data_lib.configure_model_for_tokenizer(recipe, self.data.tokenizer)
         self.model = TextDVAE(recipe.model)
-        self.lengths = [len(s) for s in self.data.splits["train"]]
+        self.lengths = self.data.splits["train"].lengths  # numpy; the token ids stay in Arrow until a batch needs them
         self.batches_per_epoch = len(self.epoch_batches(0))
         if self.batches_per_epoch == 0:
             raise TrainingError(f"the training split has {len(self.lengths)} sentences, fewer than the "
@@ -144,12 +145,11 @@ class Trainer:
         # train.target_rate: beta is feedback on the KL (checkpointed with the run) instead of a schedule
         self.rate = RateController(self.cfg.target_rate) if self.cfg.target_rate is not None else None
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
+    def epoch_batches(self, epoch: int) -> data_lib.BatchPlan:
         """The global batches of one epoch: a function of (seed, epoch) only. With several processes a batch needs
         a row for each, so the (at most one per pool) smaller tail batches are dropped."""
-        batches = data_lib.make_batches(self.lengths, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
-                                        epoch=epoch)
-        return [b for b in batches if len(b) >= self.world]
+        plan = data_lib.batch_plan(self.lengths, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed, epoch=epoch)
+        return plan.keep(plan.sizes() >= self.world)
 
     # ---- setup ----------------------------------------------------------------------------------------------------
 
@@ -266,7 +266,7 @@ class Trainer:
                 if epoch != epoch_index:
                     epoch_batches, epoch_index = self.epoch_batches(epoch), epoch
                 rows = epoch_batches[position][rank::world]
-                batch = data_lib.collate([self.data.splits["train"][i] for i in rows], pad_id)
+                batch = data_lib.collate(self.data.splits["train"].rows(rows), pad_id)
                 beta, tau = self.schedules(self.step)
                 self.model.train()
                 with acc.autocast():
