@@ -298,7 +298,7 @@ class BatchPlan:
         return BatchPlan(self.order, self.starts[mask], self.ends[mask])
 
 
-def batch_plan(lengths, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> BatchPlan:
+def batch_plan(lengths, batch_size: int, *, shuffle: bool, seed: int | list[int] = 0, epoch: int = 0) -> BatchPlan:
     """:func:`make_batches` as a :class:`BatchPlan` (the same batches in the same order), without Python lists."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -306,7 +306,7 @@ def batch_plan(lengths, batch_size: int, *, shuffle: bool, seed: int = 0, epoch:
     if not shuffle:
         starts = np.arange(0, len(sizes), batch_size, dtype=np.int64)
         return BatchPlan(np.argsort(sizes, kind="stable"), starts, np.minimum(starts + batch_size, len(sizes)))
-    rng = np.random.default_rng([seed, epoch])
+    rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), epoch])  # seed: an int or a sequence of ints
     order = rng.permutation(len(sizes))
     pool = batch_size * POOL_BATCHES
     starts, ends = [], []
@@ -401,6 +401,151 @@ def trained_tokenizer(recipe: Recipe, train: datasets.Dataset) -> PreTrainedToke
     except OSError:  # another process saved the same tokenizer first
         shutil.rmtree(tmp, ignore_errors=True)
     return tokenizer
+
+
+class TrainStream:
+    """The training split read as a stream (``data.streaming: true``): nothing downloaded or tokenized ahead.
+
+    Each process reads its own part of the stream (``datasets.distributed.split_dataset_by_node``) in windows of
+    ``data.shuffle_buffer`` sentences. A window is cleaned (stripped, blanks skipped) and tokenized, shuffled, cut into
+    pools of ``POOL_BATCHES`` batches, each pool sorted by length and cut into batches of ``batch_size`` rows, and the
+    window's batches shuffled: length bucketing inside a shuffle buffer, a function of (seed, rank, epoch, window).
+    :meth:`position` is the stream's state at the start of the current window (``IterableDataset.state_dict``) plus
+    the batches already taken from it, so :meth:`restore` re-reads that window and continues with the same batches.
+    At the end of the stream the next epoch starts from the beginning.
+    """
+
+    def __init__(self, open_stream, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, batch_size: int, *,
+                 seed: int, rank: int = 0, world: int = 1):
+        from datasets.distributed import split_dataset_by_node
+
+        self._open = lambda: split_dataset_by_node(open_stream(), rank=rank, world_size=world)
+        self.cfg, self.tokenizer, self.batch_size = cfg, tokenizer, batch_size
+        self.seed, self.rank = seed, rank
+        self.eos = _check_encoding(tokenizer, cfg.max_length)
+        self.epoch, self.window, self.taken = 0, 0, 0
+        self.counts = {"n_sentences": 0, "n_skipped_blank": 0, "n_truncated": 0, "n_tokens": 0}
+        self._window_start: dict | None = None  # the stream's state_dict before the current window
+        self._window_counts = dict(self.counts)  # counts before the current window
+        self._dataset, self._iterator, self._batches = None, None, []
+
+    def position(self) -> dict:
+        """Where this process's stream stands (JSON-serialisable): what :meth:`restore` needs."""
+        return {"epoch": self.epoch, "window": self.window, "taken": self.taken, "state": self._window_start,
+                "counts": self._window_counts}
+
+    def restore(self, position: dict) -> None:
+        """Continue from a :meth:`position`: the same window is read again and its first ``taken`` batches skipped."""
+        self.epoch, self.window = position["epoch"], position["window"]
+        self._dataset = self._open()
+        if position["state"] is not None:
+            self._dataset.load_state_dict(position["state"])
+        self._iterator = iter(self._dataset)
+        self.counts = dict(position["counts"])
+        self._fill(resume_state=position["state"])
+        self._batches, self.taken = self._batches[position["taken"]:], position["taken"]
+
+    def next_batch(self) -> list[list[int]]:
+        """This process's next batch of token ids."""
+        while not self._batches:
+            if self._iterator is None:  # the first batch of the run
+                self._dataset = self._open()
+                self._iterator = iter(self._dataset)
+            else:
+                self.window += 1
+            self._fill()
+        self.taken += 1
+        return self._batches.pop(0)
+
+    def _fill(self, resume_state: dict | None = None) -> None:
+        """Read one window and build its batches; at the end of the stream, start the next epoch."""
+        import copy
+
+        state = resume_state if resume_state is not None else copy.deepcopy(self._dataset.state_dict())
+        before = dict(self.counts)
+        texts = self._read_window()
+        if not texts and self.window == 0 and self.epoch == 0:
+            raise DataError(f"the streamed training split {self.cfg.train_split!r} has no sentences for process "
+                            f"{self.rank}; point data.data_files.train at more data or use fewer processes")
+        if not texts:  # the stream is exhausted: a new epoch from the beginning
+            self.epoch, self.window = self.epoch + 1, 0
+            self._dataset = self._open()  # the order within the stream is ours (windows seeded by epoch): no set_epoch
+            self._iterator = iter(self._dataset)
+            state, before = copy.deepcopy(self._dataset.state_dict()), dict(self.counts)
+            texts = self._read_window()
+        self._window_start, self._window_counts, self.taken = state, before, 0
+        ids, truncated = _encode_texts(self.tokenizer, texts, self.cfg.max_length, self.eos)
+        self.counts["n_sentences"] += len(ids)
+        self.counts["n_truncated"] += sum(truncated)
+        self.counts["n_tokens"] += sum(map(len, ids))
+        plan = batch_plan([len(x) for x in ids], self.batch_size, shuffle=True,
+                          seed=[self.seed, self.rank, self.window], epoch=self.epoch)
+        self._batches = [[ids[i] for i in plan[k]] for k in range(len(plan))]
+
+    def _read_window(self) -> list[str]:
+        column, texts, seen = self.cfg.text_column, [], 0
+        for example in self._iterator:
+            if column not in example:
+                raise DataError(f"data.text_column={column!r} is not a column of the streamed split "
+                                f"{self.cfg.train_split!r} (columns: {', '.join(example)}); set data.text_column")
+            value = example[column]
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"column {column!r} of the streamed split {self.cfg.train_split!r} holds "
+                                f"{type(value).__name__} values, not text; set data.text_column")
+            seen += 1
+            text = value.strip() if value is not None else ""
+            if text:
+                texts.append(text)
+            else:
+                self.counts["n_skipped_blank"] += 1
+            if seen >= self.cfg.shuffle_buffer:
+                break
+        return texts
+
+
+def prepare_stream(recipe: Recipe, tokenizer: PreTrainedTokenizerBase | None = None, *, rank: int = 0,
+                   world: int = 1) -> tuple[Prepared, TrainStream]:
+    """``data.streaming``: the training split as a :class:`TrainStream` (this process's part), the evaluation and
+    test splits (at most ``data.max_eval_samples`` sentences each, 10,000 by default) read from their streams into
+    Arrow. A tokenizer is trained on the first ``tokenizer.train_samples`` sentences of the training stream."""
+    cfg = recipe.data
+    _check_local_files(cfg)
+    replace = _REPLACE_OPTIONS.get(cfg.path, {}) if cfg.encoding_errors == "replace" else {}
+
+    def open_split(split: str):
+        return datasets.load_dataset(cfg.path, cfg.name, data_files=cfg.data_files, streaming=True, **replace,
+                                     **cfg.load_options)[split]
+
+    names = list(datasets.load_dataset(cfg.path, cfg.name, data_files=cfg.data_files, streaming=True, **replace,
+                                       **cfg.load_options))
+    if cfg.train_split not in names:
+        raise DataError(f"data.train_split={cfg.train_split!r} is not a split of {cfg.path!r} (splits: "
+                        f"{', '.join(names)}); set data.train_split to one of them")
+    splits, stats = {}, {}
+    for key, split in (("eval", cfg.eval_split), ("test", cfg.test_split)):
+        if split in names:
+            rows = open_split(split).take(cfg.max_eval_samples or 10_000)
+            texts = datasets.Dataset.from_dict({cfg.text_column: [r.get(cfg.text_column) for r in rows]})
+            splits[key], blank = _sentences(texts, cfg, split)
+            stats[key] = {"n_skipped_blank": blank}
+    if not splits:
+        raise DataError(f"data.streaming=true needs an evaluation or test split besides {cfg.train_split!r} (splits: "
+                        f"{', '.join(names)}); add data.data_files.validation or set data.eval_split")
+    if tokenizer is None:
+        limit = recipe.tokenizer.train_samples
+        sample = (text.strip() for text in (r.get(cfg.text_column) for r in
+                                            (open_split(cfg.train_split).take(limit) if limit else
+                                             open_split(cfg.train_split))) if text and text.strip())
+        tokenizer = build_tokenizer(recipe.tokenizer, sample)
+    prepared = Prepared(tokenizer, {}, {})
+    for key, texts in splits.items():
+        split = encode_split(tokenizer, texts, cfg.max_length)
+        prepared.splits[key] = split
+        prepared.stats[key] = {"n_sentences": len(split), "n_skipped_blank": stats[key]["n_skipped_blank"],
+                               "n_truncated": split.n_truncated, "n_tokens": int(split.lengths.sum())}
+    stream = TrainStream(lambda: open_split(cfg.train_split), cfg, tokenizer, recipe.train.batch_size // world,
+                         seed=recipe.train.seed, rank=rank, world=world)
+    return prepared, stream
 
 
 def configure_model_for_tokenizer(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> None:

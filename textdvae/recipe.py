@@ -48,9 +48,14 @@ class DataConfig:
     max_eval_samples: int | None = None  # the same for the evaluation and test splits
     encoding_errors: str = "strict"  # non-UTF-8 bytes in local text files: strict (error naming file:line) | replace
     num_proc: int | None = None  # processes that clean and tokenize the splits (datasets' map num_proc); None: one
+    # read the training split as a stream (no full download; for Hub-scale corpora): needs train.max_steps; the
+    # evaluation and test splits are read up to max_eval_samples (10,000 when unset)
+    streaming: bool = False
+    shuffle_buffer: int = 50_000  # streaming: sentences per window that is shuffled and length-bucketed
 
     def validate(self) -> None:
         _positive("data.max_length", self.max_length, minimum=2)
+        _positive("data.shuffle_buffer", self.shuffle_buffer)
         for key in ("max_train_samples", "max_eval_samples", "num_proc"):
             value = getattr(self, key)
             if value is not None:
@@ -184,6 +189,12 @@ class Recipe:
                 f"train.target_rate={rate} nats is out of reach: {m.num_latents} latents of {m.num_categories} "
                 f"categories hold at most N log K = {m.num_latents * math.log(m.num_categories):.2f} nats; lower the "
                 "target or raise model.num_latents / model.num_categories")
+        if self.data.streaming and self.train.max_steps is None:
+            raise RecipeError("data.streaming=true reads the training split as a stream of unknown length: set "
+                              "train.max_steps as the budget (train.epochs needs the split's size)")
+        if self.data.streaming and self.data.max_train_samples is not None:
+            raise RecipeError("data.max_train_samples does not apply to data.streaming=true (the stream has no "
+                              "end to cut); drop it and bound the run with train.max_steps")
         if self.train.beta_schedule == "cyclical" and self.train.max_steps is None:
             raise RecipeError("train.beta_schedule=cyclical needs train.max_steps to place its cycles")
 
