@@ -16,6 +16,8 @@ a child process (`--child`) that builds `textdvae.training.Trainer` for recipes/
   for Python lists of the same ids (the in-memory representation the data module used before) and trains the same
   steps again: ``steps/s in memory``.
 * peak RSS: the child's own high-water mark (VmHWM) before that swap, so the in-memory copy is not counted.
+* ``--streaming``: a ``data.streaming=true`` row (cache ``none``): the training split read as a stream in windows of
+  ``data.shuffle_buffer`` sentences, its tokenizer trained on the stream's first ``tokenizer.train_samples``.
 
 With ``--baseline DIR`` the cold row also runs with DIR on PYTHONPATH (e.g. a checkout from before the Arrow data
 path): its peak RSS is the figure to compare. Times come from a shared, busy machine (one core shared by several
@@ -60,9 +62,9 @@ def write_corpus(folder: Path, n: int) -> Path:
     return path
 
 
-def overrides(train: Path, output_dir: Path, steps: int) -> list[str]:
-    return [f"output_dir={output_dir}", "data.path=text", "data.text_column=text",
-            f"data.data_files.train={train}", f"data.data_files.validation={PTB / 'valid.txt'}",
+def overrides(train: Path, output_dir: Path, steps: int, streaming: bool = False) -> list[str]:
+    return [*(["data.streaming=true"] if streaming else []), f"output_dir={output_dir}", "data.path=text",
+            "data.text_column=text", f"data.data_files.train={train}", f"data.data_files.validation={PTB / 'valid.txt'}",
             f"data.data_files.test={PTB / 'test.txt'}", f"train.max_steps={steps}", "train.log_every=1",
             f"train.eval_every={steps}", "data.max_eval_samples=256", f"train.save_every={steps}", "train.warmup_steps=0", "train.log_with=[]"]
 
@@ -98,7 +100,7 @@ def child(args) -> None:
         data_lib.encode_split = timed
     output_dir = Path(args.output_dir)
     shutil.rmtree(output_dir, ignore_errors=True)
-    recipe = recipe_lib.load(RECIPE, overrides(Path(args.train), output_dir, args.steps))
+    recipe = recipe_lib.load(RECIPE, overrides(Path(args.train), output_dir, args.steps, args.streaming))
     start = time.perf_counter()
     trainer = Trainer(recipe)
     result["prepare_s"] = time.perf_counter() - start
@@ -109,7 +111,8 @@ def child(args) -> None:
     result["first_step_s"] = setup_s + elapsed[0]
     result["steps_per_s"] = (len(elapsed) - 1) / (elapsed[-1] - elapsed[0])
     result["peak_rss_mb"] = peak_rss_mb()
-    result["n_train"] = len(trainer.lengths)
+    stream = getattr(trainer, "stream", None)
+    result["n_train"] = stream.counts["n_sentences"] if stream is not None else len(trainer.lengths)
     if encode_split is not None:
         result["tokenize_s"] = spent["s"]
     if args.in_memory:  # the same ids as Python lists, the same steps again
@@ -131,11 +134,12 @@ class ListSplit(list):
 
 
 def run_child(train: Path, output_dir: Path, cache: Path, steps: int, *, in_memory: bool = False,
-              pythonpath: Path = ROOT) -> dict:
+              streaming: bool = False, pythonpath: Path = ROOT) -> dict:
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--train", str(train), "--output-dir",
-               str(output_dir), "--steps", str(steps)] + (["--in-memory"] if in_memory else [])
+               str(output_dir), "--steps", str(steps)] + (["--in-memory"] if in_memory else []) + \
+        (["--streaming"] if streaming else [])
     start = time.perf_counter()
     proc = subprocess.Popen(command, env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.communicate()
@@ -153,10 +157,15 @@ def measure(args) -> list[dict]:
         folder = Path(args.workdir) / f"ptb_{n}"
         train = write_corpus(folder, n)
         cache = folder / "hf_cache"
-        shutil.rmtree(cache, ignore_errors=True)
-        for mode in ("cold", "warm"):
+        if "cold" in args.caches:
+            shutil.rmtree(cache, ignore_errors=True)
+        for mode in args.caches:
             result = run_child(train, folder / "run", cache, args.steps, in_memory=mode == "warm")
             rows.append({"sentences": n, "code": "arrow", "cache": mode, **result})
+            print(json.dumps(rows[-1]), flush=True)
+        if args.streaming:  # the training split read as a stream: nothing cached, nothing tokenized ahead
+            result = run_child(train, folder / "run_stream", cache, args.steps, streaming=True)
+            rows.append({"sentences": n, "code": "streaming", "cache": "none", **result})
             print(json.dumps(rows[-1]), flush=True)
         if args.baseline:
             base_cache = folder / "hf_cache_baseline"
@@ -196,6 +205,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "data_scale"))
+    parser.add_argument("--caches", nargs="*", default=["cold", "warm"], choices=["cold", "warm"],
+                        help="the map-style rows to measure (the warm one needs the cold one before it)")
+    parser.add_argument("--streaming", action="store_true", help="also a data.streaming=true row per size")
     parser.add_argument("--baseline", help="another checkout to run the cold rows with, e.g. one before this change")
     parser.add_argument("--collect", action="store_true", help="only rewrite the README table from the JSON")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

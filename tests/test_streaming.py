@@ -106,3 +106,42 @@ def test_streamed_run_killed_and_resumed_is_bitwise_identical(corpus, tmp_path):
     assert training_log(out) == training_log(reference)
     metrics = json.loads((reference / "metrics.json").read_text())
     assert metrics["data"]["train_stream"]["n_sentences"] >= 40 * 32
+
+
+def test_two_processes_streamed_killed_and_resumed_is_bitwise_identical(corpus, tmp_path):
+    """torchrun, 2 processes on gloo, each reading its half of the stream: SIGKILL to the whole launch, resume."""
+    import os
+    import subprocess
+    import sys
+
+    from test_distributed import free_port
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "1"}
+
+    def command(out, *extra):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(free_port()), "-m", "textdvae", "train", RECIPE, f"output_dir={out}", *stream_run(corpus),
+                "train.max_steps=24", *extra]
+
+    def run(out, *extra):
+        proc = subprocess.run(command(out, *extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        return proc
+
+    reference = tmp_path / "reference"
+    run(reference)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(command(out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_for(lambda: latest_checkpoint(out / "checkpoints") is not None, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, without cleanup
+    proc.wait()
+    assert not (out / "final").exists()
+    killed_at = latest_checkpoint(out / "checkpoints")
+    saved = json.loads((killed_at / "trainer.json").read_text())
+    assert len(saved["stream_positions"]) == 2 and saved["stream_positions"][0] != saved["stream_positions"][1]
+    resumed = run(out, "train.resume=true")
+    assert f"resumed from {killed_at}" in resumed.stdout + resumed.stderr
+    assert_bitwise_equal(weights(out), weights(reference))
+    assert training_log(out) == training_log(reference)

@@ -2,6 +2,8 @@
 
 Runs on accelerate, so the same code trains on a CPU, one GPU, or many processes (`accelerate launch`, `torchrun`).
 Every process builds the same global batches; each takes its rows of them (rank::world), DDP averages gradients.
+With ``data.streaming`` each process instead reads its own part of the training stream (:class:`textdvae.data.
+TrainStream`) in batches of ``batch_size / world`` rows, and the checkpoint records every process's stream position.
 Logging, checkpoints and the final model are written by the main process; validation and test metrics are summed
 over all processes' rows.
 
