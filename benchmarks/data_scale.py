@@ -64,9 +64,10 @@ def write_corpus(folder: Path, n: int) -> Path:
 
 def overrides(train: Path, output_dir: Path, steps: int, streaming: bool = False) -> list[str]:
     return [*(["data.streaming=true"] if streaming else []), f"output_dir={output_dir}", "data.path=text",
-            "data.text_column=text", f"data.data_files.train={train}", f"data.data_files.validation={PTB / 'valid.txt'}",
-            f"data.data_files.test={PTB / 'test.txt'}", f"train.max_steps={steps}", "train.log_every=1",
-            f"train.eval_every={steps}", "data.max_eval_samples=256", f"train.save_every={steps}", "train.warmup_steps=0", "train.log_with=[]"]
+            "data.text_column=text", f"data.data_files.train={train}",
+            f"data.data_files.validation={PTB / 'valid.txt'}", f"data.data_files.test={PTB / 'test.txt'}",
+            "data.max_eval_samples=256", f"train.max_steps={steps}", "train.log_every=1", f"train.eval_every={steps}",
+            f"train.save_every={steps}", "train.warmup_steps=0", "train.log_with=[]"]
 
 
 def peak_rss_mb() -> float:
@@ -178,11 +179,12 @@ def measure(args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| sentences | data path | cache | peak RSS | prepare | first step | tokenize | steps/s | steps/s in memory |",
+    lines = ["| sentences | data path | cache | peak RSS | prepare | first step | tokenize | steps/s | "
+             "steps/s in memory |",
              "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        tokenize = (f"{r['n_train'] / r['tokenize_s']:,.0f} sent/s" if r.get("tokenize_s", 0) > 1 and r["cache"] == "cold"
-                    else "")
+        cold = r.get("tokenize_s", 0) > 1 and r["cache"] == "cold"
+        tokenize = f"{r['n_train'] / r['tokenize_s']:,.0f} sent/s" if cold else ""
         in_memory = f"{r['steps_per_s_in_memory']:.2f}" if "steps_per_s_in_memory" in r else ""
         lines.append(f"| {r['sentences']:,} | {r['code']} | {r['cache']} | {r['peak_rss_mb'] / 1024:.2f} GB | "
                      f"{r['prepare_s']:.1f} s | {r['first_step_s']:.1f} s | {tokenize} | {r['steps_per_s']:.2f} | "

@@ -219,7 +219,7 @@ def test_prepared_splits_are_arrow_backed_and_match_encode(tmp_path):
         expected, stats = encode(prepared.tokenizer, texts[split], max_length=6)
         got = prepared.splits[split]
         assert isinstance(got, TokenSplit) and got.dataset.cache_files  # memory-mapped from the datasets cache
-        assert got.rows(range(len(got))) == expected
+        assert got.rows(range(len(got))) == expected == list(got)
         assert got.lengths.tolist() == [len(ids) for ids in expected]
         assert got.rows([1, 0]) == [expected[1], expected[0]] and got[-1] == expected[-1]
     assert prepared.stats["train"] == {"n_sentences": 301, "n_skipped_blank": 1, "n_truncated": 1,

@@ -98,14 +98,14 @@ def test_streamed_run_killed_and_resumed_is_bitwise_identical(corpus, tmp_path):
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL and not (out / "final").exists()
     killed_at = latest_checkpoint(out / "checkpoints")
-    resumed = textdvae("train", RECIPE, f"output_dir={out}", *stream_run(corpus), "train.resume=true")
-    assert f"resumed from {killed_at}" in resumed.stdout
     saved = json.loads((killed_at / "trainer.json").read_text())
     assert saved["stream_positions"][0]["state"] is not None
+    resumed = textdvae("train", RECIPE, f"output_dir={out}", *stream_run(corpus), "train.resume=true")
+    assert f"resumed from {killed_at}" in resumed.stdout
     assert_bitwise_equal(weights(out), weights(reference))
     assert training_log(out) == training_log(reference)
-    metrics = json.loads((reference / "metrics.json").read_text())
-    assert metrics["data"]["train_stream"]["n_sentences"] >= 40 * 32
+    data = [json.loads((d / "metrics.json").read_text())["data"] for d in (out, reference)]
+    assert data[0] == data[1] and data[0]["train_stream"]["n_sentences"] > 250  # counts resumed; epochs went round
 
 
 def test_two_processes_streamed_killed_and_resumed_is_bitwise_identical(corpus, tmp_path):

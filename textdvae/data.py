@@ -224,7 +224,13 @@ class TokenSplit(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.rows(range(*index.indices(len(self))))
-        return self.rows([index])[0]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} of a split of {len(self)}")
+        return self.rows([index % len(self)])[0]
+
+    def __iter__(self):
+        for start in range(0, len(self), 10_000):
+            yield from self.rows(range(start, min(start + 10_000, len(self))))
 
     def rows(self, indices) -> list[list[int]]:
         """The token ids of the given rows, in that order."""
