@@ -172,7 +172,7 @@ def measure(args) -> list[dict]:
             base_cache = folder / "hf_cache_baseline"
             shutil.rmtree(base_cache, ignore_errors=True)
             result = run_child(train, folder / "run_baseline", base_cache, args.steps, pythonpath=Path(args.baseline))
-            rows.append({"sentences": n, "code": f"baseline ({args.baseline})", "cache": "cold", **result})
+            rows.append({"sentences": n, "code": f"lists ({args.baseline})", "cache": "cold", **result})
             print(json.dumps(rows[-1]), flush=True)
             shutil.rmtree(base_cache, ignore_errors=True)
     return rows
@@ -196,8 +196,11 @@ def write_readme(rows: list[dict], steps: int) -> None:
     from ptb import replace_between  # noqa: E402  (benchmarks/ptb.py)
     lines = [f"recipes/ptb_gru_lm.yaml on PTB's training sentences repeated to N, {steps} steps per row, one process, "
              "OMP_NUM_THREADS=1; `python benchmarks/data_scale.py` (rows in benchmarks/results/data_scale.json). "
-             "Peak RSS is the training process's high-water mark (VmHWM) before the in-memory comparison. Times were "
-             "taken on a machine whose one free core was shared with other jobs: read them as rough, the RSS as exact.",
+             "Peak RSS is the training process's high-water mark (VmHWM, memory-mapped Arrow pages included) before "
+             "the in-memory comparison. `lists` rows: the data path before the Arrow change (every sentence a Python "
+             "str, every tokenized one a list of ints), run with `--baseline`. `streaming`: the first window of "
+             "`data.shuffle_buffer` (50,000) sentences is all those steps read. Times were taken on a machine whose "
+             "one free core was shared with other jobs (load ~10): read them as rough, the RSS as exact.",
              "", *table(rows)]
     replace_between(ROOT / "README.md", *MARKERS, lines)
 
