@@ -3,6 +3,7 @@
     python benchmarks/ptb.py --variants gru lm --max-steps 12000 --iw-samples 100
     python benchmarks/ptb.py --variants gaussian est_gumbel_st est_gumbel est_reinmax est_reinforce --max-steps 400 --iw-samples 20
     python benchmarks/ptb.py --collect        # rebuild results/ptb.json, RESULTS.md and the plots from runs/ptb
+    python benchmarks/ptb.py --check          # RESULTS.md and the README show results/ptb.json's table
 
 Each variant is a real `textdvae train` run of a recipe in recipes/ on the local copy of PTB
 (../shared/data/ptb, Mikolov's version: train 42,068 / valid 3,370 / test 3,761 sentences), followed by the
@@ -31,8 +32,8 @@ PTB = ROOT.parent / "shared" / "data" / "ptb"
 RESULTS = ROOT / "benchmarks" / "results" / "ptb.json"
 TABLE = ROOT / "benchmarks" / "RESULTS.md"
 README = ROOT / "README.md"  # its PTB table is rewritten with RESULTS.md's, between these markers
+KEPT = "<!-- notes: written by hand, kept when benchmarks/ptb.py rewrites this file -->"
 README_START, README_END = "<!-- ptb-table: written by benchmarks/ptb.py -->", "<!-- /ptb-table -->"
-OTHER_RESULTS = "<!-- below: other benchmarks' sections, kept as they are by benchmarks/ptb.py -->"
 TRIALS = ROOT / "benchmarks" / "results" / "ptb_trials.json"  # --override runs: measured, kept, never in the table
 OFFLINE = ["data.path=text", "data.text_column=text", f"data.data_files.train={PTB / 'train.txt'}",
            f"data.data_files.validation={PTB / 'valid.txt'}", f"data.data_files.test={PTB / 'test.txt'}"]
@@ -351,8 +352,8 @@ def write_table(rows: list[dict]) -> None:
     lines += ["", NOTES, "", "Anchors: asyml/texar examples/vae_text, PTB test, LSTM hidden 256, embeddings 256, Gaussian latent 32, "
               "100 epochs; their NLL is the negative single-sample ELBO and their PPL is derived from it."]
     old = TABLE.read_text() if TABLE.is_file() else ""
-    kept = old[old.index(OTHER_RESULTS):] if OTHER_RESULTS in old else OTHER_RESULTS + "\n"  # other scripts' sections
-    TABLE.write_text("\n".join(lines) + "\n\n" + kept)
+    kept = old[old.index(KEPT):] if KEPT in old else ""  # the hand-written notes below the marker survive
+    TABLE.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
     _sync_readme(table)
 
 
@@ -417,7 +418,17 @@ def main() -> None:
                              "results/ptb_trials.json, never in the table")
     parser.add_argument("--iw-samples", type=int, help="importance samples of the final NLL (default: the recipe's)")
     parser.add_argument("--threads", type=int, help="threads per run (default: cores // parallel)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 unless RESULTS.md and the README show the table of results/ptb.json (a test runs it)")
     args = parser.parse_args()
+    if args.check:
+        table = _headline_table(_read_rows(RESULTS))
+        readme = README.read_text()
+        block = readme[readme.index(README_START) + len(README_START):readme.index(README_END)].strip().splitlines()
+        recorded = [line for line in TABLE.read_text().splitlines() if line.startswith("|")][:len(table)]
+        if block != table or recorded != table:
+            raise SystemExit(f"the PTB table in {README.name} or {TABLE.name} is not {RESULTS.name}'s; run --collect")
+        return
     if args.collect:
         rows = {v: row(v, ROOT / args.out / v) for v in VARIANTS if (ROOT / args.out / v / "metrics.json").is_file()}
         record(rows)

@@ -159,7 +159,8 @@ def example(model_dir: Path) -> list[str]:
 
     model, _ = load_model(str(model_dir))
     path = model.interpolate(*EXAMPLE, method="hamming")
-    lines = ["    textdvae interpolate " + str(model_dir.relative_to(ROOT)) + " " + " ".join(f'"{s}"' for s in EXAMPLE),
+    shown = model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir
+    lines = ["    textdvae interpolate " + str(shown) + " " + " ".join(f'"{s}"' for s in EXAMPLE),
              "", "| step | changed latent | text |", "|---|---|---|"]
     for i, point in enumerate(path):
         changed = "-" if i == 0 else str(next(j for j, (x, y) in enumerate(zip(path[i - 1]["codes"], point["codes"]))

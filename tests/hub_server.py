@@ -18,13 +18,11 @@ Usage from a test::
         assert proc.returncode == 0, proc.stderr
         assert ".gitattributes" in hub.files("user/x")
 
-Manual use: ``python tests/hub_server.py --port 8123`` prints the URL and serves until killed;
-then ``HF_ENDPOINT=http://127.0.0.1:8123 HF_TOKEN=hf_test python ...``.
-
-Endpoints (``{type}`` is ``models``, ``datasets`` or ``spaces``; revisions are URL-quoted):
+It keeps what the tests use and nothing more. Endpoints (``{type}`` is ``models`` or ``spaces``; revisions are
+URL-quoted):
 
 * ``GET  /api/whoami-v2``
-* ``POST /api/repos/create`` (409 if it exists), ``DELETE /api/repos/delete``
+* ``POST /api/repos/create`` (409 if it exists)
 * ``POST /api/validate-yaml`` (front matter checked with PyYAML when it is importable)
 * ``GET  /api/{type}/{ns}/{name}`` and ``.../revision/{rev}`` -> ``{"id", "sha", "siblings", ...}``
 * ``GET  /api/{type}/{ns}/{name}/tree/{rev}[/{path}]?recursive=&expand=``
@@ -32,10 +30,10 @@ Endpoints (``{type}`` is ``models``, ``datasets`` or ``spaces``; revisions are U
 * ``GET  /api/{type}/{ns}/{name}/commits/{rev}``, ``GET .../refs``
 * ``POST /api/{type}/{ns}/{name}/preupload/{rev}`` -> always ``uploadMode: regular`` (no LFS/Xet)
 * ``POST /api/{type}/{ns}/{name}/commit/{rev}`` (NDJSON: ``header``, ``file``, ``deletedFile``,
-  ``deletedFolder``; ``?create_pr=1`` opens ``refs/pr/N``; ``parentCommit`` checked)
+  ``deletedFolder``; ``parentCommit`` checked)
 * ``POST|DELETE /api/{type}/{ns}/{name}/branch/{branch}`` (JSON ``startingPoint``)
-* ``HEAD|GET /[datasets/|spaces/]{ns}/{name}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag``
-  (git blob sha-1), ``Content-Length``, ``Range`` support; 404s carry ``X-Error-Code``
+* ``HEAD|GET /[spaces/]{ns}/{name}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag``
+  (git blob sha-1), ``Content-Length``; 404s carry ``X-Error-Code``
   ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``.
 
 Auth: ``Authorization: Bearer <token>``. An unknown token -> 401 on every request (like the Hub's
@@ -48,7 +46,6 @@ Like the real Hub, a new repo starts with an "initial commit" holding ``.gitattr
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import itertools
@@ -69,8 +66,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 __all__ = ["HubServer", "run_with_hub", "run_cli_with_hub", "hub_env", "git_blob_oid"]
 
 USERNAME = "user"
-REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
-URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+REPO_TYPES = {"models": "model", "spaces": "space"}
+URL_PREFIXES = {"model": "", "space": "spaces/"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,96}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -137,7 +134,7 @@ class _Repo:
     commits: dict[str, _Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)  # name -> commit oid
     tags: dict[str, str] = field(default_factory=dict)
-    pulls: dict[int, str] = field(default_factory=dict)  # PR number -> head oid (ref refs/pr/N)
+    sdk: str | None = None  # a Space's SDK (gradio, docker, static), as given at creation
 
     def resolve(self, revision: str) -> _Commit | None:
         if revision in self.branches:
@@ -146,9 +143,6 @@ class _Repo:
             return self.commits[self.branches[revision[11:]]]
         if revision in self.tags:
             return self.commits[self.tags[revision]]
-        m = re.fullmatch(r"refs/pr/(\d+)", revision)
-        if m and int(m.group(1)) in self.pulls:
-            return self.commits[self.pulls[int(m.group(1))]]
         if revision in self.commits:
             return self.commits[revision]
         if re.fullmatch(r"[0-9a-f]{7,39}", revision):
@@ -193,8 +187,8 @@ class _HubState:
         repo.commits[commit.oid] = commit
         return commit
 
-    def create_repo(self, repo_type: str, repo_id: str, private: bool) -> _Repo:
-        repo = _Repo(repo_type=repo_type, repo_id=repo_id, private=private, created_at=_now_iso())
+    def create_repo(self, repo_type: str, repo_id: str, private: bool, sdk: str | None = None) -> _Repo:
+        repo = _Repo(repo_type=repo_type, repo_id=repo_id, private=private, created_at=_now_iso(), sdk=sdk)
         initial = self.new_commit(repo, None, {".gitattributes": DEFAULT_GITATTRIBUTES}, "initial commit")
         repo.branches["main"] = initial.oid
         self.repos[(repo_type, repo_id)] = repo
@@ -227,12 +221,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self._dispatch("POST")
-
-    def do_PUT(self):
-        self._dispatch("PUT")
-
-    def do_DELETE(self):
-        self._dispatch("DELETE")
 
     def _read_body(self) -> bytes:
         if getattr(self, "_body", None) is not None:
@@ -353,9 +341,9 @@ class _Handler(BaseHTTPRequestHandler):
         segments = raw_path.split("/")[1:]  # raw (still quoted) segments
         if segments and segments[0] == "api":
             return self._route_api(method, segments[1:], query)
-        # /[datasets/|spaces/]ns/name/resolve/rev/path...
+        # /[spaces/]ns/name/resolve/rev/path...
         repo_type = "model"
-        if segments and segments[0] in ("datasets", "spaces") and len(segments) > 4:
+        if segments and segments[0] == "spaces" and len(segments) > 4:
             repo_type = REPO_TYPES[segments[0]]
             segments = segments[1:]
         if len(segments) >= 5 and segments[2] == "resolve" and method in ("GET", "HEAD"):
@@ -373,8 +361,6 @@ class _Handler(BaseHTTPRequestHandler):
             return self._whoami()
         if seg == ["repos", "create"] and method == "POST":
             return self._create_repo()
-        if seg == ["repos", "delete"] and method == "DELETE":
-            return self._delete_repo()
         if seg == ["validate-yaml"] and method == "POST":
             return self._validate_yaml()
         if len(seg) >= 1 and seg[0] in REPO_TYPES:
@@ -401,8 +387,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._preupload(repo_type, repo_id, args[0], query)
             if method == "POST" and action == "commit" and len(args) == 1:
                 return self._commit(repo_type, repo_id, args[0], query)
-            if method in ("POST", "DELETE") and action == "branch" and len(args) == 1:
-                return self._branch(method, repo_type, repo_id, args[0])
+            if method == "POST" and action == "branch" and len(args) == 1:
+                return self._branch(repo_type, repo_id, args[0])
             # unsupported repo API (e.g. discussions, xet tokens, LFS): say so clearly
             self._get_repo(repo_type, repo_id)
             raise _HTTPError(501 if method != "GET" else 404, f"Not implemented by the test hub: {method} /api/{'/'.join(seg)}")
@@ -445,24 +431,17 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f"{namespace}/{name}"
         visibility = payload.get("visibility")
         private = bool(payload.get("private")) or visibility in ("private", "protected")
+        sdk = payload.get("sdk")
+        if repo_type == "space" and sdk not in ("gradio", "docker", "static"):
+            raise _HTTPError(400, f"Invalid sdk {sdk!r} for a Space: expected gradio, docker or static")
         with self.hub.lock:
             existing = self.hub.repos.get((repo_type, repo_id))
             if existing is not None:
                 # the client (create_repo(exist_ok=True)) reads "url" from this 409 body
                 raise _HTTPError(409, f"You already created this {repo_type} repo", body={"url": self.hub.repo_url(existing)})
-            repo = self.hub.create_repo(repo_type, repo_id, private)
+            repo = self.hub.create_repo(repo_type, repo_id, private, sdk if repo_type == "space" else None)
         url = self.hub.repo_url(repo)
         self._send_json({"url": url, "name": repo_id, "id": repo_id})
-
-    def _delete_repo(self):
-        payload = self._json_body()
-        self._require_write("delete a repository")
-        repo_type = payload.get("type") or "model"
-        repo_id = f"{payload.get('organization') or USERNAME}/{payload.get('name')}"
-        with self.hub.lock:
-            if self.hub.repos.pop((repo_type, repo_id), None) is None:
-                raise _HTTPError(404, f"Repository Not Found for {repo_type} '{repo_id}'.", code="RepoNotFound")
-        self._send_json({})
 
     def _validate_yaml(self):
         payload = self._json_body()
@@ -512,7 +491,7 @@ class _Handler(BaseHTTPRequestHandler):
             if repo_type == "model":
                 info["modelId"] = repo_id
             if repo_type == "space":
-                info["sdk"] = "static"
+                info["sdk"] = repo.sdk
         self._send_json(info)
 
     @staticmethod
@@ -603,20 +582,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "tags": [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": o} for n, o in repo.tags.items()],
                 "converts": [],
             }
-            if query.get("include_prs"):
-                data["pullRequests"] = [
-                    {"name": f"refs/pr/{n}", "ref": f"refs/pr/{n}", "targetCommit": o} for n, o in repo.pulls.items()
-                ]
         self._send_json(data)
 
     def _preupload(self, repo_type: str, repo_id: str, revision: str, query: dict):
         payload = self._json_body()
         with self.hub.lock:
             repo = self._get_repo(repo_type, repo_id, write="upload files to")
-            create_pr = query.get("create_pr", ["0"])[0] in ("1", "true")
-            commit = repo.resolve(revision)
-            if commit is None and not create_pr:
-                self._resolve(repo, revision)  # raises RevisionNotFound
+            commit = self._resolve(repo, revision)
             files = payload.get("files")
             if not isinstance(files, list):
                 raise _HTTPError(400, "preupload: 'files' must be a list")
@@ -625,28 +597,21 @@ class _Handler(BaseHTTPRequestHandler):
                 path = f.get("path")
                 if not isinstance(path, str):
                     raise _HTTPError(400, "preupload: each file needs a 'path'")
-                existing = commit.files.get(path) if commit is not None else None
+                existing = commit.files.get(path)
                 out.append({
                     "path": path,
                     "uploadMode": "regular",  # keep content inline: no LFS/Xet storage server here
                     "shouldIgnore": False,
                     "oid": git_blob_oid(existing) if existing is not None else None,
                 })
-        self._send_json({"files": out, "commitOid": commit.oid if commit else None})
+        self._send_json({"files": out, "commitOid": commit.oid})
 
     def _commit(self, repo_type: str, repo_id: str, revision: str, query: dict):
         raw = self._read_body()
-        create_pr = query.get("create_pr", ["0"])[0] in ("1", "true")
-        items = []
-        ctype = self.headers.get("Content-Type", "")
+        if query.get("create_pr", ["0"])[0] in ("1", "true"):
+            raise _HTTPError(501, "pull requests are not implemented by the test hub")
         try:
-            if "ndjson" in ctype or raw.lstrip().startswith(b'{"key"'):
-                items = [json.loads(line) for line in raw.splitlines() if line.strip()]
-            else:  # legacy JSON payload: {"summary", "description", "files", "deletedFiles", ...}
-                legacy = json.loads(raw or b"{}")
-                items.append({"key": "header", "value": {"summary": legacy.get("summary", ""), "description": legacy.get("description", "")}})
-                items += [{"key": "file", "value": f} for f in legacy.get("files", [])]
-                items += [{"key": "deletedFile", "value": f} for f in legacy.get("deletedFiles", [])]
+            items = [json.loads(line) for line in raw.splitlines() if line.strip()]  # NDJSON, as huggingface_hub sends
         except ValueError as e:
             raise _HTTPError(400, f"Invalid commit payload: {e}") from None
         if not items or items[0].get("key") != "header":
@@ -660,10 +625,8 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self._get_repo(repo_type, repo_id, write="commit to")
             base = self._resolve(repo, revision)
             parent_commit = header.get("parentCommit")
-            if parent_commit and not create_pr and not base.oid.startswith(parent_commit):
+            if parent_commit and not base.oid.startswith(parent_commit):
                 raise _HTTPError(412, f"A commit has happened since. Please refresh and try again. (parentCommit {parent_commit} is not the head of {revision})")
-            if parent_commit and create_pr:
-                base = self._resolve(repo, parent_commit)
             files = dict(base.files)
             for item in items[1:]:
                 key, value = item.get("key"), item.get("value") or {}
@@ -698,34 +661,19 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     raise _HTTPError(400, f"Unknown commit operation key: {key!r}")
             commit = self.hub.new_commit(repo, base, files, summary, header.get("description") or "")
-            pr_url = None
-            if create_pr:
-                number = max(repo.pulls, default=0) + 1
-                repo.pulls[number] = commit.oid
-                pr_url = f"{self.hub.repo_url(repo)}/discussions/{number}"
+            if revision in repo.branches:
+                repo.branches[revision] = commit.oid
+            elif revision.startswith("refs/heads/") and revision[11:] in repo.branches:
+                repo.branches[revision[11:]] = commit.oid
             else:
-                if revision in repo.branches:
-                    repo.branches[revision] = commit.oid
-                elif revision.startswith("refs/heads/") and revision[11:] in repo.branches:
-                    repo.branches[revision[11:]] = commit.oid
-                elif (m := re.fullmatch(r"refs/pr/(\d+)", revision)) and int(m.group(1)) in repo.pulls:
-                    repo.pulls[int(m.group(1))] = commit.oid
-                else:
-                    raise _HTTPError(400, f"Cannot commit to '{revision}': not a branch")
+                raise _HTTPError(400, f"Cannot commit to '{revision}': not a branch")
             url = f"{self.hub.repo_url(repo)}/commit/{commit.oid}"
-        self._send_json({"success": True, "commitOid": commit.oid, "commitUrl": url, "pullRequestUrl": pr_url})
+        self._send_json({"success": True, "commitOid": commit.oid, "commitUrl": url, "pullRequestUrl": None})
 
-    def _branch(self, method: str, repo_type: str, repo_id: str, branch: str):
-        payload = self._json_body() if method == "POST" else {}
+    def _branch(self, repo_type: str, repo_id: str, branch: str):
+        payload = self._json_body()
         with self.hub.lock:
-            repo = self._get_repo(repo_type, repo_id, write="create branches in" if method == "POST" else "delete branches in")
-            if method == "DELETE":
-                if branch not in repo.branches:
-                    raise _HTTPError(404, f"Invalid rev id: {branch}", code="RevisionNotFound")
-                if branch == "main":
-                    raise _HTTPError(403, "Cannot delete the default branch")
-                del repo.branches[branch]
-                return self._send_json({})
+            repo = self._get_repo(repo_type, repo_id, write="create branches in")
             if branch in repo.branches:
                 raise _HTTPError(409, f"Reference already exists: refs/heads/{branch}")
             if not branch or branch.startswith(("refs/", "/")) or ".." in branch or " " in branch:
@@ -745,23 +693,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {
             "X-Repo-Commit": commit.oid,
             "ETag": f'"{oid}"',
-            "Accept-Ranges": "bytes",
             "Content-Disposition": f'inline; filename*=UTF-8\'\'{quote(path.rsplit("/", 1)[-1])}',
         }
-        range_header = self.headers.get("Range")
-        m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", range_header or "")
-        if m and (m.group(1) or m.group(2)):
-            size = len(data)
-            if m.group(1):
-                start = int(m.group(1))
-                end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-            else:  # suffix range: last N bytes
-                start = max(0, size - int(m.group(2)))
-                end = size - 1
-            if start >= size or start > end:
-                return self._send(416, b"", "application/octet-stream", {**headers, "Content-Range": f"bytes */{size}"})
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-            return self._send(206, data[start : end + 1], "application/octet-stream", headers)
         self._send(200, data, "application/octet-stream", headers)
 
 
@@ -819,17 +752,6 @@ class HubServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def serve_forever(self) -> None:
-        """Blocking variant for the command line."""
-        self.start()
-        try:
-            while self._thread is not None and self._thread.is_alive():
-                self._thread.join(0.5)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
-
     # -- inspection (for assertions) -------------------------------------------------------------
 
     def _repo(self, repo_id: str, repo_type: str) -> _Repo:
@@ -872,6 +794,11 @@ class HubServer:
     def repo_ids(self, repo_type: str = "model") -> list[str]:
         with self._hub.lock:
             return sorted(r for t, r in self._hub.repos if t == repo_type)
+
+    def space_sdk(self, repo_id: str) -> str | None:
+        """The SDK a Space was created with."""
+        with self._hub.lock:
+            return self._repo(repo_id, "space").sdk
 
     def is_private(self, repo_id: str, *, repo_type: str = "model") -> bool:
         with self._hub.lock:
@@ -1007,35 +934,3 @@ def run_cli_with_hub(
     """Run ``python -m textdvae ARGS...`` (the command line) like :func:`run_with_hub` runs code."""
     return _run_child([sys.executable, "-m", "textdvae", *map(str, args)], server, token=token, hf_home=hf_home,
                       timeout=timeout, cwd=cwd, extra_env=extra_env)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="In-memory Hugging Face Hub-compatible server for local testing.")
-    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = pick a free one)")
-    parser.add_argument(
-        "--token",
-        action="append",
-        default=None,
-        metavar="TOKEN[:read|write]",
-        help="accepted token (repeatable); default: hf_test:write",
-    )
-    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
-    args = parser.parse_args(argv)
-    tokens = {}
-    for spec in args.token or ["hf_test:write"]:
-        tok, _, perm = spec.partition(":")
-        tokens[tok] = perm or "write"
-    import signal
-
-    def _on_sigterm(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    server = HubServer(tokens, port=args.port, verbose=args.verbose).start()
-    print(server.url, flush=True)
-    print(f"# export HF_ENDPOINT={server.url} HF_TOKEN={next(iter(tokens))}", file=sys.stderr, flush=True)
-    server.serve_forever()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,32 +1,20 @@
 """One real CLI run end to end on a tiny slice of the bundled corpus, then the commands that read its output."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+import math
 
 import pytest
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.hidden_dim=32", "model.embed_dim=16", "model.num_latents=4", "model.num_categories=4",
-        "data.max_train_samples=400", "data.max_eval_samples=40", "train.batch_size=32", "train.max_steps=30",
-        "train.eval_every=15", "train.save_every=15", "train.log_every=5", "train.iw_samples=4"]
+from conftest import ROOT, TINY, textdvae
 
-
-def textdvae(*args, check=True, cwd=ROOT, **kw):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "textdvae", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+RUN = [*TINY, "train.max_steps=30", "train.eval_every=15", "train.save_every=15", "train.log_every=5"]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    textdvae("train", "recipes/quickstart.yaml", f"output_dir={out}", *TINY)
+    textdvae("train", "recipes/quickstart.yaml", f"output_dir={out}", *RUN)
     return out
 
 
@@ -52,11 +40,17 @@ def test_final_folder_loads_with_its_tokenizer(run_dir):
 
     from textdvae import TextDVAE
 
-    model = TextDVAE.from_pretrained(run_dir / "final")
+    model = TextDVAE.from_pretrained(run_dir / "final").eval()
     tok = AutoTokenizer.from_pretrained(run_dir / "final")
     assert model.config.vocab_size == len(tok) and model.config.num_latents == 4
-    codes, probs = model.encode(["the cat chased the fox ."])
-    assert codes.shape == (1, 4) and probs.shape == (1, 4, 4)
+    text = "the cat chased the fox ."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text and tok.unk_token_id not in ids  # every word of the corpus is in the vocabulary
+    codes, probs = model.encode([text])
+    ids = torch.tensor([ids + [model.config.eos_token_id]])
+    with torch.no_grad():
+        logits, _ = model.posterior(ids, torch.ones_like(ids))  # (1, N, K) by hand from the saved tokenizer
+    assert torch.allclose(probs, logits.softmax(-1)) and torch.equal(codes, logits.argmax(-1))
 
 
 def test_python_dash_m_and_eval_json(run_dir, tmp_path):
@@ -64,7 +58,14 @@ def test_python_dash_m_and_eval_json(run_dir, tmp_path):
     proc = textdvae("eval", run_dir / "final", "--split", "validation", "--iw-samples", "4", "--json", out,
                     "--extra-metric", "no_such_metric_here")
     metrics = json.loads(out.read_text())
-    assert metrics["n_sentences"] == 40 and "elbo" in proc.stdout
+    assert metrics["n_sentences"] == 40 and metrics["split"] == "validation"
+    # the documented relations between the reported numbers hold, and stdout shows the JSON's figures
+    assert metrics["elbo"] == pytest.approx(-(metrics["rec"] + metrics["kl"]))
+    assert metrics["kl"] == pytest.approx(sum(metrics["kl_per_latent"]), rel=1e-5)
+    assert metrics["ppl"] == pytest.approx(math.exp(metrics["nll"] * 40 / metrics["n_tokens"]))
+    assert metrics["nll_exact"] <= -metrics["elbo"] + 1e-4 and metrics["iw_samples"] == 4
+    for key in ("elbo", "nll", "kl"):
+        assert f"{key:<15} {metrics[key]:.4g}" in proc.stdout, key
     assert "no_such_metric_here" in proc.stderr and "skipped" in proc.stderr  # a clear message, and eval goes on
     assert (tmp_path / "m_code_usage.png").is_file()
 
@@ -90,7 +91,9 @@ def test_readme_python_example_runs(run_dir):
     code = code.replace("runs/quickstart/final", str(run_dir / "final"))
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README is ours
-    assert namespace["codes"].shape == (1, 4) and len(namespace["texts"]) == 3
+    model, codes, probs = namespace["model"], namespace["codes"], namespace["probs"]
+    assert torch.equal(codes, probs.argmax(-1)) and codes.shape == (1, 4)
+    assert namespace["texts"] == model.decode(namespace["sampled"])  # greedy: the same texts again from the codes
 
 
 def test_a_model_whose_weights_do_not_fit_is_refused(run_dir, tmp_path):

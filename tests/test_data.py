@@ -16,12 +16,7 @@ from textdvae.tokenization import build_tokenizer
 SHARED = Path("/work/shared/data")
 # short Yelp: `label<TAB>sentence`; quotes are ordinary characters and "nan"/"null" are words, not missing values
 YELP_OPTIONS = {"delimiter": "\t", "column_names": ["label", "text"], "quoting": 3, "na_filter": False}
-
-
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    """Each test gets its own datasets cache, so no test reads another's (or the user's) cached splits."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+pytestmark = pytest.mark.usefixtures("datasets_cache")
 
 
 def write(path, content):

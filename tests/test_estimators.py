@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from conftest import all_codes
 from textdvae.estimators import (
     categorical_entropy,
     gaussian_kl,
@@ -45,12 +46,6 @@ def nonlinear_f(z: torch.Tensor) -> torch.Tensor:
     return linear_f(z) + (z[..., 0, :] @ A) * (z[..., 1, :] @ C) + 10.0
 
 
-def all_codes(dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Every one-hot code of N latents with K categories, (K^N, N, K)."""
-    indices = torch.tensor(list(itertools.product(range(K), repeat=N)))
-    return F.one_hot(indices, K).to(dtype)
-
-
 def code_probabilities(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """q(code) = prod_i softmax(logits_i)[code_i], written without the module under test."""
     return (codes * torch.softmax(logits, dim=-1)).sum(-1).prod(-1)
@@ -59,7 +54,7 @@ def code_probabilities(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tenso
 def exact_gradient(f) -> torch.Tensor:
     """d/dlogits E_q[f(z)] by summing f over all K^N codes weighted by their probability, (N, K)."""
     logits = LOGITS.double().requires_grad_()
-    codes = all_codes(torch.float64)
+    codes = all_codes(N, K, dtype=torch.float64)
     expectation = (code_probabilities(logits, codes) * f(codes.float()).double()).sum()
     return torch.autograd.grad(expectation, logits)[0].float()
 
@@ -93,7 +88,7 @@ def test_categorical_entropy_matches_definition_and_is_stable() -> None:
 
 def test_kl_to_uniform_matches_enumeration_exactly() -> None:
     logits = LOGITS.double()
-    codes = all_codes(torch.float64)
+    codes = all_codes(N, K, dtype=torch.float64)
     q = code_probabilities(logits, codes)
     enumerated = (q * torch.log(q * K**N)).sum()
     torch.testing.assert_close(kl_to_uniform(logits).sum(), enumerated, atol=1e-12, rtol=0)
@@ -121,7 +116,7 @@ def test_kl_categorical_matches_the_definition_and_reduces_to_kl_to_uniform() ->
 
 
 def test_log_prob_of_codes_matches_enumeration() -> None:
-    codes = all_codes()
+    codes = all_codes(N, K)
     log_q = log_prob_of_codes(LOGITS.expand(len(codes), N, K), codes)
     assert log_q.shape == (K**N,)
     torch.testing.assert_close(log_q.exp(), code_probabilities(LOGITS, codes))
@@ -270,7 +265,7 @@ def score_function_gradients(baseline: torch.Tensor, batch: int, seed: int) -> t
 
 def test_score_function_is_unbiased_and_a_baseline_reduces_its_variance() -> None:
     batch, exact = 100_000, exact_gradient(nonlinear_f)
-    codes = all_codes()
+    codes = all_codes(N, K)
     # A sample-independent baseline: the exact mean of f (about 10, far from 0).
     mean_f = (code_probabilities(LOGITS, codes) * nonlinear_f(codes)).sum()
     with_baseline = score_function_gradients(mean_f, batch, seed=15)
@@ -285,7 +280,7 @@ def test_leave_one_out_baseline_is_unbiased_and_undoes_a_stale_prediction() -> N
     """A per-sample prediction 50 above the true mean (a baseline that lags a falling reward): alone it leaves the
     gradient unbiased but noisy; corrected by the other samples' residuals it is as good as the exact mean."""
     batch, exact = 100_000, exact_gradient(nonlinear_f)
-    mean_f = (code_probabilities(LOGITS, all_codes()) * nonlinear_f(all_codes())).sum()
+    mean_f = (code_probabilities(LOGITS, all_codes(N, K)) * nonlinear_f(all_codes(N, K))).sum()
     stale = torch.full((batch,), mean_f.item() + 50.0)
     grads = {}
     for name, seed in (("loo", 17), ("stale", 18), ("exact_mean", 19)):

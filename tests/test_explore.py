@@ -5,18 +5,17 @@ import io
 import json
 import math
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import ROOT, TINY_MODEL, all_codes
 from textdvae import TextDVAE, TextDVAEConfig, explore
 from textdvae.recipe import TokenizerConfig
 from textdvae.tokenization import build_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the cat dog bird fox chased helped watched will not a big small old quickly slowly .".split()
 
 
@@ -24,8 +23,7 @@ def tiny(decoder_type="gru", encoder_type="gru", eos_bias=0.0, seed=0, **kw) -> 
     """A random tiny model with a word tokenizer; eos_bias > 0 makes sentences end at varied lengths."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(TokenizerConfig(kind="word"), [" ".join(WORDS)])
-    base = dict(vocab_size=len(tokenizer), embed_dim=16, hidden_dim=32, num_heads=2, ffn_dim=64, num_latents=3,
-                num_categories=4, decoder_type=decoder_type, encoder_type=encoder_type)
+    base = dict(TINY_MODEL, vocab_size=len(tokenizer), decoder_type=decoder_type, encoder_type=encoder_type)
     model = TextDVAE(TextDVAEConfig(**{**base, **kw})).eval()
     with torch.no_grad():
         model.lm_head.bias[model.config.eos_token_id] += eos_bias
@@ -45,10 +43,9 @@ def naive_greedy(model, codes, max_length):
     return [explore._cut(row, model.config.eos_token_id) for row in ids.tolist()]
 
 
-def all_codes(model):
-    N, K = model.config.num_latents, model.config.num_categories
-    idx = torch.arange(K ** N)
-    return torch.stack([(idx // K ** (N - 1 - i)) % K for i in range(N)], 1)  # (K^N, N) every code
+def every_code(model) -> torch.Tensor:
+    """(K^N, N) every code of the model, as category indices."""
+    return all_codes(model.config.num_latents, model.config.num_categories, one_hot=False)
 
 
 # ---- incremental decoding ---------------------------------------------------------------------------------------
@@ -63,7 +60,7 @@ def test_incremental_greedy_equals_full_rerun(decoder_type):
     lengths = set()
     for eos_bias in EOS_BIASES:
         model = tiny(decoder_type, eos_bias=eos_bias)
-        codes = all_codes(model)  # 64 codes
+        codes = every_code(model)  # 64 codes
         fast = explore.greedy_decode(model, model.condition(explore.as_one_hot(model, codes)), len(codes), 20)
         assert fast == naive_greedy(model, codes, 20), eos_bias
         lengths |= {len(s) for s in fast}
@@ -76,7 +73,7 @@ def test_beam_keeps_state_aligned_and_one_beam_is_greedy(decoder_type):
     lengths = set()
     for eos_bias in EOS_BIASES:
         model = tiny(decoder_type, eos_bias=eos_bias)
-        codes = all_codes(model)[::4]  # 16 codes
+        codes = every_code(model)[::4]  # 16 codes
         cond = model.condition(explore.as_one_hot(model, codes))
         greedy = explore.greedy_decode(model, cond, len(codes), 15)
         assert explore.beam_decode(model, cond, len(codes), 15, num_beams=1) == greedy
@@ -104,13 +101,13 @@ class Markov(nn.Module):
             for b, p in row.items():
                 table[a, b] = p
         self.register_buffer("logp", (table / table.sum(1, keepdim=True)).log())
-        self.weight = nn.Parameter(torch.zeros(1))  # gives the module a device
+        self.device = torch.device("cpu")
         self.config = SimpleNamespace(bos_token_id=1, eos_token_id=2, pad_token_id=0)
         outer = self
 
         class Decoder(nn.Module):
-            def start(self, cond, batch_size):
-                return {"rows": torch.arange(batch_size)}
+            def start(self, cond):
+                return {}  # the last token is the whole state
 
             def forward(self, emb, state):
                 return emb, state  # the "hidden state" is the last token itself
@@ -175,17 +172,28 @@ def test_sampling_follows_the_truncated_distribution():
 @torch.no_grad()
 def test_sample_decode_with_num_return_sequences():
     model = tiny(eos_bias=1.0)
-    out = model.decode([[0, 1, 2], [3, 3, 3]], strategy="sample", num_return_sequences=4, top_k=5,
+    codes = [[0, 1, 2], [3, 3, 3]]
+    out = model.decode(codes, strategy="sample", num_return_sequences=4, top_k=5,
                        generator=torch.Generator().manual_seed(0))
     assert len(out) == 2 and all(len(texts) == 4 for texts in out)
+    assert out == model.decode(codes, strategy="sample", num_return_sequences=4, top_k=5,
+                               generator=torch.Generator().manual_seed(0))  # the generator fixes the draws
+    # sampling from the single most likely token is greedy decoding, for every returned sequence
+    greedy = model.decode(codes)
+    assert model.decode(codes, strategy="sample", num_return_sequences=4, top_k=1) == [[t] * 4 for t in greedy]
+    # prior samples: uniform codes drawn with the generator, decoded greedily
     texts, codes = model.sample(5, generator=torch.Generator().manual_seed(0))
-    assert len(texts) == 5 and codes.shape == (5, 3)
+    assert torch.equal(codes, torch.randint(0, 4, (5, 3), generator=torch.Generator().manual_seed(0)))
+    assert texts == model.decode(codes)
     with pytest.raises(ValueError, match="greedy"):
         model.decode([[0, 1, 2]], num_return_sequences=2)
-    texts, z = tiny(latent="gaussian").sample(3, generator=torch.Generator().manual_seed(0))
-    assert len(texts) == 3 and z.shape == (3, 32)
-    texts, nothing = tiny(latent="none").sample(2, strategy="sample", top_p=0.9)
-    assert len(texts) == 2 and nothing is None
+    gaussian = tiny(latent="gaussian")
+    texts, z = gaussian.sample(3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(z, torch.randn(3, 32, generator=torch.Generator().manual_seed(0)))  # z ~ N(0, I)
+    assert texts == gaussian.decode(z)
+    lm = tiny(latent="none", eos_bias=1.0)
+    texts, nothing = lm.sample(2, strategy="sample", top_p=1e-6)  # the nucleus is the most likely token alone
+    assert nothing is None and texts == lm.decode(None, batch_size=2)
 
 
 # ---- codes and texts in every form ------------------------------------------------------------------------------
@@ -195,13 +203,14 @@ def test_sample_decode_with_num_return_sequences():
 @torch.no_grad()
 def test_decode_takes_indices_one_hot_and_soft_codes(decoder_type):
     model = tiny(decoder_type)
-    codes = all_codes(model)[::7]
+    codes = every_code(model)[::7]
     texts = model.decode(codes)
     assert model.decode(codes.tolist()) == texts
     assert model.decode(torch.nn.functional.one_hot(codes, 4).float()) == texts
     assert model.decode(codes[0]) == texts[:1]  # a single code (N,)
-    soft = torch.softmax(torch.randn(len(codes), 3, 4), -1)
-    assert len(model.decode(soft)) == len(codes)
+    soft = torch.softmax(torch.randn(len(codes), 3, 4), -1)  # mixtures of the code embeddings
+    ids = naive_greedy(model, soft, 20)  # decoded by re-running the decoder over the prefix, from the same mixture
+    assert model.decode(soft, max_length=20) == explore.ids_to_texts(model.tokenizer, ids, model.config.eos_token_id)
     with pytest.raises(ValueError, match="category indices"):
         model.decode([[0, 1, 9]])
     with pytest.raises(ValueError, match="latents"):
@@ -215,7 +224,7 @@ def test_decode_takes_indices_one_hot_and_soft_codes(decoder_type):
 @torch.no_grad()
 def test_large_batches_are_encoded_and_decoded_in_chunks_with_the_same_result(monkeypatch):
     model = tiny(eos_bias=0.25)
-    codes = all_codes(model)
+    codes = every_code(model)
     texts = ["the cat", "the dog .", "a big fox", "the old bird chased the fox slowly .", "fox"]
     whole = model.decode(codes), model.decode(codes[:9], strategy="beam", num_beams=3, num_return_sequences=2)
     encoded = model.encode(texts)
@@ -251,10 +260,11 @@ def test_long_text_is_truncated_and_decoding_stays_within_positions(decoder_type
     batch = explore.tokenize(model, [long, "the cat"])
     assert batch["input_ids"].shape == (2, 12) and batch["input_ids"][0, -1] == model.config.eos_token_id
     codes, probs = model.encode([long])
-    assert codes.shape == (1, 3) and probs.shape == (1, 3, 4)
+    kept = " ".join(long.split()[:11])  # what the encoder read: 11 words and EOS
+    assert [t.tolist() for t in model.encode([kept])] == [codes.tolist(), probs.tolist()]
     out = explore.decode_ids(model, codes, max_length=100)
     assert len(out[0]) <= (12 if decoder_type == "transformer" else 100)
-    assert len(model.reconstruct([long], max_length=100)) == 1
+    assert model.reconstruct([long], max_length=100) == model.decode(codes, max_length=100)
 
 
 @torch.no_grad()
@@ -365,31 +375,15 @@ def test_cli_user_errors(trained, capsys):
 
 def test_cli_sample_and_traverse_plot(trained, capsys, tmp_path):
     code, out, _ = cli(capsys, "sample", trained.path, "-n", "3", "--strategy", "sample", "--top-k", "5", "--json")
-    assert code == 0 and len(json.loads(out)) == 3
+    texts, codes = trained.model.sample(3, generator=torch.Generator().manual_seed(0), strategy="sample", top_k=5)
+    assert code == 0 and json.loads(out) == [{"codes": c, "text": t} for c, t in zip(codes.tolist(), texts)]
     pytest.importorskip("matplotlib")
     png = tmp_path / "traverse.png"
     code, out, _ = cli(capsys, "traverse", trained.path, PAIRS[0][0], "--latent", "0", "--plot", png)
     assert code == 0 and out.count("\n") == trained.model.config.num_categories + 1
+    rows = trained.model.traverse(PAIRS[0][0], latent=0)
+    assert [line.rstrip().endswith(r["text"]) for line, r in zip(out.splitlines()[1:], rows)] == [True] * len(rows)
     from matplotlib.image import imread
 
     image = imread(png)
     assert image.shape[0] > 200 and image.shape[1] > 400
-
-
-def test_factor_traversal_benchmark_runs(trained, tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import traverse_factors
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    out = tmp_path / "factors.json"
-    assert traverse_factors.main([str(trained.path), "--n", "20", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert set(result["nmi"]) == {"subject", "number", "verb", "tense", "negation", "adjective", "object", "adverb"}
-    N = trained.model.config.num_latents
-    assert all(len(v) == N and all(0 <= x <= 1 for x in v) for v in result["nmi"].values())
-    assert sum(r["headline"] for r in result["rows"]) == 1
-    h = result["headline"]
-    assert h["nmi"] == max(max(v) for v in result["nmi"].values())
-    assert 0 <= h["traversals_changed"] <= 1 and 0 <= h["grammatical"] <= 1
-    assert "headline:" in capsys.readouterr().out

@@ -9,7 +9,6 @@ CLI (exit status 2, one message naming the bad value, no traceback).
 """
 
 import json
-import os
 import re
 import shlex
 import signal
@@ -28,10 +27,10 @@ from textdvae.modeling import TextDVAE
 from textdvae.checkpointing import latest_checkpoint
 from textdvae.training import Trainer, TrainingError
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, TINY, cli_env, textdvae
+
 RECIPE = "recipes/quickstart.yaml"
-TINY = ["model.hidden_dim=32", "model.embed_dim=16", "model.num_latents=4", "model.num_categories=4",
-        "data.max_train_samples=400", "data.max_eval_samples=40", "train.batch_size=32", "train.iw_samples=4"]
+pytestmark = pytest.mark.usefixtures("datasets_cache")
 # 60 steps, a checkpoint and a validation every 10: Gumbel noise, dropout and word dropout draw from the RNG; a
 # warm-up, a cosine LR and the beta/tau schedules depend on the step; so any state that resume failed to restore
 # shows in the final weights
@@ -39,21 +38,8 @@ FAULT_RUN = [*TINY, "model.dropout=0.1", "train.word_dropout=0.1", "train.max_st
              "train.eval_every=10", "train.log_every=5"]
 
 
-def env():
-    # OMP_NUM_THREADS=1: the same float reductions in every run, so "identical" can mean bitwise
-    return {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-
-
-def textdvae(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "textdvae", *map(str, args)], cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 def start(*args):
-    return subprocess.Popen([sys.executable, "-m", "textdvae", *map(str, args)], cwd=ROOT, env=env(),
+    return subprocess.Popen([sys.executable, "-m", "textdvae", *map(str, args)], cwd=ROOT, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -230,12 +216,6 @@ def user_error(capsys, *argv) -> str:
 def local_data(train, validation=None) -> list[str]:
     files = {"train": str(train)} | ({"validation": str(validation)} if validation else {})
     return ["data.path=text", f"data.data_files={json.dumps(files)}"]
-
-
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    import datasets
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
 
 
 def test_blank_lines_truncation_and_replaced_bytes_are_counted_in_metrics(tmp_path, one_thread):

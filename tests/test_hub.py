@@ -26,10 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import (RESULT_MARK, HubServer, child_result, run_cli_with_hub, run_with_hub,  # noqa: E402
                         tree_digest)
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.hidden_dim=32", "model.embed_dim=16", "model.num_latents=4", "model.num_categories=4",
-        "data.max_train_samples=400", "data.max_eval_samples=40", "train.batch_size=32", "train.max_steps=30",
-        "train.eval_every=15", "train.save_every=15", "train.iw_samples=4"]
+from conftest import ROOT, TINY  # noqa: E402
+
+RUN = [*TINY, "train.max_steps=30", "train.eval_every=15", "train.save_every=15"]
 CARD_METRICS = ["elbo", "nll", "ppl", "kl", "mi", "active_latents", "rec_bleu", "rec_token_acc"]
 PRELUDE = f"""
 import json, hashlib, sys
@@ -65,7 +64,7 @@ def hub():
 def trained(hub, tmp_path_factory):
     """A tiny training run whose recipe sets hub.repo_id: it pushes its final/ folder to user/tiny-run."""
     out = tmp_path_factory.mktemp("hubrun") / "run"
-    proc = run_cli_with_hub(["train", "recipes/quickstart.yaml", f"output_dir={out}", *TINY, "hub.repo_id=user/tiny-run"],
+    proc = run_cli_with_hub(["train", "recipes/quickstart.yaml", f"output_dir={out}", *RUN, "hub.repo_id=user/tiny-run"],
                             hub, cwd=ROOT, TQDM_DISABLE="1")
     assert proc.returncode == 0, f"training failed\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
     return out, proc

@@ -61,8 +61,8 @@ def write_model_folder(folder: Path) -> Path:
         "num_categories": 16,
         "hidden_dim": 32,
         "embed_dim": 16,
-        "latent": {"tau": 1.0, "hard": True},
-        "estimator": "gumbel-st",
+        "latent": "categorical",
+        "estimator": "gumbel_st",
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     rng = np.random.default_rng(0)
@@ -217,7 +217,7 @@ emit({{"main": url_main, "again": url_again, "dev": url_dev, "plain": url_plain,
     got = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert got == {k: v for k, v in metrics.items() if k != "note"}
     assert 'TextDVAE.from_pretrained("user/dvae")' in readme
-    assert "num_categories" in readme and "gumbel-st" in readme
+    assert "num_categories" in readme and "gumbel_st" in readme
     assert f"{20 * 16 + 20:,}" in readme  # parameter count from the safetensors header
     assert "lr: 0.001" in readme  # recipe block
     assert res["library"] == "textdvae"
@@ -436,3 +436,46 @@ def test_model_card_metrics_and_usage(tmp_path):
     assert 'model.interpolate("first sentence", "second sentence", method="hamming")' in card
     assert "model-index" not in _front_matter(make_model_card(folder))
     assert 'from_pretrained("REPO_ID")' in make_model_card(folder)
+
+
+# One card per kind of latent and estimator, from the shipped recipes' own model sections (a config that can exist).
+CARD_CASES = [  # recipe, overrides, tags before "textdvae", phrases the card must have, phrases it must not have
+    ("quickstart.yaml", [], ["text-vae", "discrete-latent", "gumbel-softmax"],
+     ["16 latent variables with 8 categories", "at most 48.0 bits", "straight-through Gumbel-Softmax",
+      "model.interpolate("], ["Gaussian", "learned"]),
+    ("quickstart.yaml", ["model.estimator=gumbel"], ["text-vae", "discrete-latent", "gumbel-softmax"],
+     ["the Gumbel-Softmax relaxation", "48.0 bits"], ["straight-through"]),
+    ("quickstart.yaml", ["model.estimator=reinmax", "train.tau_start=1", "train.tau_min=1"], ["text-vae", "discrete-latent", "reinmax"],
+     ["ReinMax estimator", "48.0 bits"], ["Gumbel"]),
+    ("quickstart.yaml", ["model.estimator=reinforce"], ["text-vae", "discrete-latent", "reinforce"],
+     ["score-function (REINFORCE)", "48.0 bits"], ["Gumbel"]),
+    ("ptb_gru.yaml", [], ["text-vae", "discrete-latent", "gumbel-softmax"],
+     ["8 latent variables with 16 categories", "at most 32.0 bits", "prior over the codes is learned",
+      "| prior | autoregressive |"], ["Gaussian"]),
+    ("ptb_gru_gaussian.yaml", [], ["text-vae", "gaussian-latent"],
+     ["32-dimensional Gaussian latent", "| latent_dim | 32 |", "model.sample(3)"],
+     ["categorical", "Gumbel", "bits", "num_latents", "num_categories", "estimator", "discrete", "model.encode"]),
+    ("ptb_gru_lm.yaml", [], ["language-model"],
+     ["without a latent", "| decoder_layers | 2 |", "model.sample(3)"],
+     ["categorical", "Gumbel", "bits", "num_latents", "latent_dim", "estimator", "discrete", "model.encode",
+      "encoder_type"]),
+]
+
+
+@pytest.mark.parametrize("recipe_file, overrides, kind_tags, says, never", CARD_CASES)
+def test_model_card_describes_the_models_own_latent_and_estimator(tmp_path, recipe_file, overrides, kind_tags, says,
+                                                                  never):
+    from textdvae.recipe import load
+
+    model_config = load(Path(__file__).resolve().parents[1] / "recipes" / recipe_file, overrides).model
+    folder = tmp_path / "m"
+    folder.mkdir()
+    model_config.to_json_file(folder / "config.json")
+    card = _hub_module().make_model_card(folder)
+    meta = _front_matter(card)
+    assert meta["tags"] == [*kind_tags, "textdvae"]
+    body = card.split("---", 2)[2]
+    for phrase in says:
+        assert phrase in body, phrase
+    for phrase in never:
+        assert phrase not in body, phrase

@@ -1,11 +1,11 @@
 """The model on a tiny config: shapes, padding, gradients, save/load, and that it really learns."""
 
-import itertools
 import math
 
 import pytest
 import torch
 
+from conftest import TINY_MODEL, all_codes
 from textdvae import TextDVAE, TextDVAEConfig
 from textdvae.estimators import kl_to_uniform, log_prob_of_codes, sample_categorical
 
@@ -13,7 +13,7 @@ PAIRS = [(e, d) for e in ("gru", "transformer") for d in ("gru", "transformer")]
 
 
 def tiny(**kw) -> TextDVAEConfig:
-    base = dict(vocab_size=40, embed_dim=16, hidden_dim=32, num_heads=2, ffn_dim=64, num_latents=3, num_categories=4)
+    base = dict(TINY_MODEL, vocab_size=40)
     return TextDVAEConfig(**{**base, **kw})
 
 
@@ -159,7 +159,7 @@ def test_a_tiny_model_learns_to_reconstruct(estimator, prior):
 @pytest.mark.parametrize("dec", ["gru", "transformer"])
 def test_transformers_generate_matches_our_incremental_greedy_decoding(dec):
     """model.generate (GenerationMixin, codes as a keyword) gives the tokens our own decoder gives."""
-    from textdvae.explore import greedy_decode
+    from textdvae.explore import beam_decode, greedy_decode
 
     torch.manual_seed(0)
     model = TextDVAE(tiny(decoder_type=dec)).eval()
@@ -172,7 +172,11 @@ def test_transformers_generate_matches_our_incremental_greedy_decoding(dec):
         assert row[: len(ref)] == ref
     beams = model.generate(input_ids=bos, codes=codes, max_new_tokens=8, num_beams=3, num_return_sequences=2,
                            eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id)
-    assert beams.shape[0] == 10
+    ours = beam_decode(model, model.condition(torch.nn.functional.one_hot(codes, 4).float()), 5, 8, num_beams=3,
+                       num_return=2, length_penalty=1.0)  # transformers' default length penalty
+    assert len(beams) == len(ours) == 10
+    for row, ref in zip(beams[:, 1:].tolist(), ours):
+        assert row[: len(ref)] == ref
 
 
 def test_code_at_every_step_reaches_the_decoder_beyond_its_initial_state():
@@ -218,36 +222,32 @@ def test_weight_drop_masks_the_recurrent_weights_in_training_only():
 # ---- the learned prior (prior="autoregressive") ------------------------------------------------------------------
 
 
-def all_codes(N=3, K=4) -> torch.Tensor:
-    return torch.nn.functional.one_hot(torch.tensor(list(itertools.product(range(K), repeat=N))), K).float()  # (K^N, N, K)
-
-
 def ar_model(seed=0) -> TextDVAE:
     """A tiny model whose prior is far from uniform (random output layer instead of the zero start)."""
     torch.manual_seed(seed)
     model = TextDVAE(tiny(prior="autoregressive")).eval()
     with torch.no_grad():
-        for p in model.code_prior.parameters():
+        for p in model.bottleneck.code_prior.parameters():
             p.normal_(0.0, 1.0)
     return model
 
 
 def test_autoregressive_prior_sees_only_earlier_latents_sums_to_one_and_samples_itself():
     model = ar_model()
-    codes = all_codes()
-    assert TextDVAE(tiny(prior="autoregressive")).log_prior(codes).exp().allclose(torch.full((64,), 1 / 64))  # starts uniform
+    codes = all_codes(3, 4)
+    assert TextDVAE(tiny(prior="autoregressive")).bottleneck.log_prior(codes).exp().allclose(torch.full((64,), 1 / 64))  # starts uniform
     # output i depends on the codes of latents j < i only
     x = codes[:1].clone().requires_grad_(True)
-    logits = model.code_prior(x)  # (1, N, K)
+    logits = model.bottleneck.code_prior(x)  # (1, N, K)
     for i in range(3):
         (grad,) = torch.autograd.grad(logits[0, i].sum(), x, retain_graph=True)
         seen = grad.abs().sum(-1)[0]  # (N,)
         assert torch.all(seen[i:] == 0) and torch.all(seen[:i] > 0), (i, seen)
     # a normalised distribution over all K^N codes, far from uniform
-    p = model.log_prior(codes).exp().detach()  # (64,)
+    p = model.bottleneck.log_prior(codes).exp().detach()  # (64,)
     assert abs(p.sum().item() - 1) < 1e-5 and 0.5 * (p - 1 / 64).abs().sum() > 0.2
     # ancestral samples have its frequencies: total variation within sampling noise (<= 0.023 at n = 20,000)
-    s = model.sample_prior(20_000, torch.Generator().manual_seed(0))  # (n, N)
+    s = model.bottleneck.sample_prior(20_000, torch.Generator().manual_seed(0))  # (n, N)
     freq = torch.bincount(s[:, 0] * 16 + s[:, 1] * 4 + s[:, 2], minlength=64).float() / 20_000
     assert 0.5 * (freq - p).abs().sum() < 0.023
 
@@ -257,13 +257,13 @@ def test_learned_prior_kl_is_an_unbiased_one_sample_estimate_of_the_exact_kl():
     model = ar_model()
     ids, mask = batch(B=1)
     q_logits, _ = model.posterior(ids, mask)  # (1, N, K)
-    codes = all_codes()
+    codes = all_codes(3, 4)
     log_q = log_prob_of_codes(q_logits.expand(64, -1, -1), codes)  # (64,)
-    exact = (log_q.exp() * (log_q - model.log_prior(codes))).sum().item()
+    exact = (log_q.exp() * (log_q - model.bottleneck.log_prior(codes))).sum().item()
     assert abs(exact - kl_to_uniform(q_logits).sum().item()) > 0.3  # the learned prior changes the KL
     n = 100_000
     samples = sample_categorical(q_logits.expand(n, -1, -1), torch.Generator().manual_seed(0))  # (n, N, K)
-    estimate = model.code_kl(q_logits.expand(n, -1, -1), samples).sum(1).detach().double()  # (n,)
+    estimate = model.bottleneck.kl(q_logits.expand(n, -1, -1), samples).sum(1).detach().double()  # (n,)
     assert abs(estimate.mean().item() - exact) < 4 * estimate.std().item() / math.sqrt(n)
 
 
@@ -278,13 +278,14 @@ def test_learned_prior_enters_the_likelihood_bounds_and_survives_save_and_load(t
         q_logits, _ = model.posterior(ids, mask)
         logw = log_importance_weights(model, ids, mask, q_logits, 4000, torch.Generator().manual_seed(0))  # (B, S)
     iw = torch.logsumexp(logw, 1) - math.log(4000)
-    assert torch.allclose(iw, exact, atol=0.05), (iw, exact)
-    assert torch.all(logw.mean(1) <= exact + 1e-4)  # the ELBO (mean log weight) bounds log p(x) from below
+    # an untrained posterior is a poor proposal (the ELBO is ~28 nats below log p(x) here): within 0.2 nats at S = 4000
+    assert torch.allclose(iw, exact, atol=0.2), (iw, exact)
+    assert torch.all(logw.mean(1) < exact - 20)  # the ELBO (mean log weight) bounds log p(x) from below
     model.save_pretrained(tmp_path)
     loaded = TextDVAE.from_pretrained(tmp_path).eval()
     assert loaded.config.prior == "autoregressive"
-    codes = all_codes()
-    assert torch.equal(model.log_prior(codes), loaded.log_prior(codes))
+    codes = all_codes(3, 4)
+    assert torch.equal(model.bottleneck.log_prior(codes), loaded.bottleneck.log_prior(codes))
 
 
 def test_learned_prior_rejects_what_it_cannot_train():
@@ -294,3 +295,56 @@ def test_learned_prior_rejects_what_it_cannot_train():
         tiny(prior="autoregressive", estimator="reinforce")
     with pytest.raises(ValueError, match="model.prior='vamp' is not one of uniform, autoregressive"):
         tiny(prior="vamp")
+
+
+def test_forward_refuses_keywords_it_does_not_take():
+    """A misspelt keyword (free_bit for free_bits) must not be ignored; generate's bookkeeping keywords pass."""
+    model = TextDVAE(tiny()).eval()
+    ids, mask = batch()
+    with pytest.raises(TypeError, match="'free_bit'"):
+        model(ids, mask, free_bit=0.5)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    plain, flagged = model(ids, mask, generator=g()), model(ids, mask, generator=g(), return_dict=True, use_cache=False)
+    assert torch.equal(plain.loss, flagged.loss)
+
+
+def test_from_pretrained_refuses_weights_that_do_not_fit_and_reads_the_old_key_names(tmp_path):
+    """Missing, unexpected or reshaped weights raise (transformers would warn and leave them random); a model saved
+    before the bottleneck had its own module (keys code_embed, code_prior.*) loads, and re-saves with today's keys."""
+    from safetensors.torch import load_file, save_file
+
+    from textdvae.modeling import IncompatibleWeightsError
+
+    torch.manual_seed(0)
+    model = TextDVAE(tiny(prior="autoregressive")).eval()
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    old = {k.removeprefix("bottleneck."): v for k, v in weights.items()}
+    assert {"code_embed", "code_prior.out_bias"} <= set(old)
+    save_file(old, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = TextDVAE.from_pretrained(tmp_path)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    loaded.save_pretrained(tmp_path / "again")
+    assert set(load_file(tmp_path / "again" / "model.safetensors")) == set(weights)
+    for name, broken in [("missing keys: bottleneck.code_embed", {k: v for k, v in weights.items() if k != "bottleneck.code_embed"}),
+                         ("unexpected keys: extra", {**weights, "extra": torch.zeros(2)}),
+                         ("mismatched keys: lm_bias", {**weights, "lm_head.bias": torch.zeros(41)})]:
+        save_file(broken, tmp_path / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(IncompatibleWeightsError, match=name.split(":")[0]):
+            TextDVAE.from_pretrained(tmp_path)
+
+
+def test_reinforce_baseline_starts_at_the_first_batch_mean_without_a_host_sync(monkeypatch):
+    """The running mean takes the first batch's mean rec, then moves 1% per step, and never asks for .item()."""
+    torch.manual_seed(0)
+    model = TextDVAE(tiny(estimator="reinforce")).train()
+    ids, mask = batch()
+
+    def no_sync(self):
+        raise AssertionError(".item() synchronises with the device at every step")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_sync)
+    first = model(ids, mask, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(model.baseline_mean, first.rec.mean())
+    second = model(ids, mask, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(model.baseline_mean, 0.99 * first.rec.mean() + 0.01 * second.rec.mean())

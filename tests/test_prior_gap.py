@@ -1,28 +1,15 @@
-"""benchmarks/prior_gap.py: the KL of held-out codes under priors fitted to the training posteriors."""
+"""textdvae.prior_gap (the measurement of benchmarks/prior_gap.py): the KL of held-out codes under priors fitted to
+the training posteriors."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from textdvae import TextDVAE, TextDVAEConfig
-
-ROOT = Path(__file__).resolve().parents[1]
+from textdvae import TextDVAE, TextDVAEConfig, prior_gap
 
 
-@pytest.fixture(scope="module")
-def prior_gap():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import prior_gap
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return prior_gap
-
-
-def test_log_mixture_matches_enumeration(prior_gap):
+def test_log_mixture_matches_enumeration():
     g = torch.Generator().manual_seed(0)
     M, N, K = 7, 3, 4
     log_q = torch.randn(M, N, K, generator=g).log_softmax(-1)
@@ -37,7 +24,7 @@ def seqs(n, vocab, g):
             for _ in range(n)]
 
 
-def test_same_posterior_for_every_sentence_leaves_only_the_uniform_prior_to_pay(prior_gap):
+def test_same_posterior_for_every_sentence_leaves_only_the_uniform_prior_to_pay():
     # An encoder that ignores x: every q(z|x) is the same q, so the aggregate posterior and the product of its
     # marginals are q itself and their KL is 0, while the uniform prior still costs N log K - sum_i H(q_i).
     torch.manual_seed(0)

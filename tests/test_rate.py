@@ -123,7 +123,7 @@ def test_a_high_rate_code_with_the_learned_prior_saves_loads_and_samples(tmp_pat
     torch.manual_seed(0)
     model = TextDVAE(config)
     with torch.no_grad():  # leave the uniform start, so that the round trip is tested on a real conditional
-        model.code_prior.out_weight.normal_(0, 0.5)
+        model.bottleneck.code_prior.out_weight.normal_(0, 0.5)
     model.save_pretrained(tmp_path)
     loaded = TextDVAE.from_pretrained(tmp_path).eval()
     codes = loaded.sample_prior(8, generator=torch.Generator().manual_seed(1))  # (8, 64)
@@ -131,6 +131,14 @@ def test_a_high_rate_code_with_the_learned_prior_saves_loads_and_samples(tmp_pat
     one_hot = torch.nn.functional.one_hot(codes, 256).float()
     assert torch.equal(loaded.log_prior(one_hot), model.eval().log_prior(one_hot))
     assert (loaded.log_prior(one_hot) > -64 * math.log(256) - 200).all()
+    # it trains: one step reaches the encoder, the code table and the prior
+    model.train()
+    ids = torch.randint(4, 30, (3, 6))
+    out = model(ids, torch.ones_like(ids), beta=0.5)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.kl.shape == (3,)
+    for p in (model.to_posterior.weight, model.bottleneck.code_embed, model.bottleneck.code_prior.out_weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
     # the code's size stops at its embedding table: the decoder is the same for K = 2 and K = 256
     small = TextDVAE(TextDVAEConfig(**{**config.to_diff_dict(), "num_categories": 2}))
     size = lambda m: sum(p.numel() for p in m.decoder.parameters())  # noqa: E731

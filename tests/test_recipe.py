@@ -1,13 +1,12 @@
 """Recipes: every shipped recipe validates; overrides, unknown keys and impossible values give clear errors."""
 
-from pathlib import Path
 
 import pytest
 
 from textdvae import recipe as recipe_lib
 from textdvae.recipe import RecipeError
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 
@@ -57,6 +56,39 @@ def test_bad_recipes_name_the_key(override, message):
         recipe_lib.load(ROOT / "recipes/quickstart.yaml", [override])
 
 
+def test_type_check_reads_the_annotations_themselves():
+    """Fields typed list[str], dict[str, int] | None, int, float and str | None: each value is checked against its
+    own annotation (matching annotations as strings took "list[str]" for a str field)."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Section:
+        names: list[str]
+        counts: dict[str, int] | None
+        steps: int
+        lr: float
+        tag: str | None
+
+    def check(**changes):
+        values = dict(names=["a", "b"], counts=None, steps=3, lr=1, tag=None) | changes
+        section = Section(**values)
+        recipe_lib._check_types("s", section)
+        return section
+
+    assert check().lr == 1.0 and isinstance(check().lr, float) and check(lr="3e-4").lr == 3e-4
+    assert check(counts={"x": 1}, tag="t").names == ["a", "b"]
+    for field, bad, message in [("names", "a", "s.names must be list[str], got 'a'"),
+                                ("names", ["a", 2], "s.names must be list[str], got ['a', 2]"),
+                                ("counts", {"x": "many"}, "s.counts must be dict[str, int] or null"),
+                                ("steps", True, "s.steps must be int, got True"),
+                                ("steps", 2.5, "s.steps must be int"),
+                                ("lr", "fast", "s.lr must be float, got 'fast'"),
+                                ("tag", 3, "s.tag must be str or null, got 3")]:
+        with pytest.raises(RecipeError) as err:
+            check(**{field: bad})
+        assert message in str(err.value), (field, str(err.value))
+
+
 def test_missing_or_malformed_recipe_files(tmp_path):
     with pytest.raises(RecipeError, match="not found"):
         recipe_lib.load(tmp_path / "nope.yaml")
@@ -75,18 +107,10 @@ def test_missing_or_malformed_recipe_files(tmp_path):
 
 
 def test_readme_ptb_table_is_the_recorded_rows():
-    """The README's PTB table is benchmarks/results/ptb.json as benchmarks/ptb.py renders it (no hand-copied rows)."""
-    import json
+    """The README's and RESULTS.md's PTB table is benchmarks/results/ptb.json as benchmarks/ptb.py renders it."""
+    import subprocess
     import sys
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import ptb
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    readme = (ROOT / "README.md").read_text()
-    block = readme[readme.index(ptb.README_START) + len(ptb.README_START):readme.index(ptb.README_END)]
-    rows = json.loads((ROOT / "benchmarks/results/ptb.json").read_text())
-    assert block.strip().splitlines() == ptb._headline_table(rows)
-    assert ptb._headline_table(rows) == [line for line in (ROOT / "benchmarks/RESULTS.md").read_text().splitlines()
-                                         if line.startswith("|")][:len(rows) + 4]
+    proc = subprocess.run([sys.executable, "benchmarks/ptb.py", "--check"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

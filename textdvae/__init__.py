@@ -9,6 +9,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .bottleneck import CategoricalBottleneck
 from .configuration import TextDVAEConfig
 from .modeling import TextDVAE, TextDVAEOutput
 from .recipe import Recipe, RecipeError
@@ -28,4 +29,4 @@ def train(recipe: str | Recipe, overrides: list[str] | None = None) -> dict:
     return _train(recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides))
 
 
-__all__ = ["TextDVAE", "TextDVAEConfig", "TextDVAEOutput", "Recipe", "RecipeError", "load_recipe", "train"]
+__all__ = ["TextDVAE", "TextDVAEConfig", "TextDVAEOutput", "CategoricalBottleneck", "Recipe", "RecipeError", "load_recipe", "train"]

@@ -1,4 +1,4 @@
-"""`textdvae SUBCOMMAND ...`: train, eval, encode, reconstruct, sample, interpolate, traverse, push.
+"""`textdvae SUBCOMMAND ...`: train, eval, encode, reconstruct, sample, interpolate, traverse, push, demo.
 
 User errors (a bad recipe, bad data, a missing model) print one paragraph and exit with status 2; `--debug`
 shows the traceback instead. The package reports through the ``textdvae`` logger; the CLI prints its messages,
@@ -30,7 +30,7 @@ def load_model(name: str, revision: str | None = None):
     """A local `final/` folder or a Hub repo id -> (model, tokenizer), in eval mode."""
     from transformers import AutoTokenizer
 
-    from .modeling import TextDVAE
+    from .modeling import IncompatibleWeightsError, TextDVAE
 
     path = Path(name)
     if path.exists() and not (path / "config.json").is_file():
@@ -39,7 +39,7 @@ def load_model(name: str, revision: str | None = None):
         raise ModelLoadError(f"model {name!r} not found: pass a local folder (a training run's final/) or a Hub repo id "
                              "such as user/model")
     try:
-        model, info = TextDVAE.from_pretrained(name, revision=revision, output_loading_info=True)
+        model = TextDVAE.from_pretrained(name, revision=revision)  # strict: a half-loaded model never decodes
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     except OSError as err:
         from huggingface_hub import constants
@@ -53,16 +53,12 @@ def load_model(name: str, revision: str | None = None):
         else:
             msg = f"could not load model {name!r}: {' '.join(str(err).split())}"  # one paragraph
         raise ModelLoadError(msg) from None
+    except IncompatibleWeightsError as err:
+        raise ModelLoadError(str(err)) from None
     except Exception as err:  # safetensors raises its own error types for truncated or corrupt files
         if type(err).__name__ in ("SafetensorError", "HeaderTooLarge", "HeaderTooSmall", "InvalidHeaderDeserialization"):
             raise ModelLoadError(f"the weights of {name!r} are truncated or corrupt ({err}); re-download or re-train") from None
         raise
-    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if bad:  # transformers would only warn and leave those weights random: never decode with a half-loaded model
-        details = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:4]))}{' ...' if len(v) > 4 else ''}"
-                            for k, v in bad.items())
-        raise ModelLoadError(f"the weights of {name!r} do not fit this version of textdvae ({details}); "
-                             "load it with the textdvae version that saved it, or re-train")
     model.tokenizer = tokenizer  # the one from this revision; saves loading it a second time
     model.eval()
     return model, tokenizer
@@ -246,6 +242,28 @@ def cmd_push(args) -> int:
     url = push_to_hub(args.model_dir, args.repo_id, private=args.private, revision=args.revision,
                       commit_message=args.commit_message)
     print(f"pushed {args.model_dir} to {url}")
+    if args.space:
+        from .hub import push_space
+
+        print(f"pushed the demo Space to {push_space(args.repo_id, revision=args.revision, private=args.private)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    try:
+        import gradio  # noqa: F401  (the optional extra)
+    except ImportError:
+        print("textdvae demo: error: the demo page needs Gradio, which is not installed; install the extra with "
+              "pip install 'textdvae[demo]'", file=sys.stderr)
+        return 2
+    from .demo import build_demo, launch, model_figures
+
+    model, _ = load_model(args.model, args.revision)
+    page = build_demo(model, model_figures(args.model, args.revision), title=f"textdvae: {args.model}")
+    try:
+        launch(page, args.host, args.port, share=args.share)
+    except OSError as err:  # Gradio's "Cannot find empty port", or an address this machine does not have
+        raise InputError(f"cannot serve on {args.host}:{args.port} ({err}); pass another --port or --host") from None
     return 0
 
 
@@ -317,7 +335,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.add_argument("--revision")
     p.add_argument("--commit-message")
+    p.add_argument("--space", action="store_true",
+                   help="also create a Gradio Space of the same id whose app.py serves `textdvae demo REPO_ID` "
+                   "(at --revision)")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("demo", help="a page in the browser to explore the code space (pip install 'textdvae[demo]')")
+    p.add_argument("model", help="a final/ folder or a Hub repo id")
+    p.add_argument("--revision", help="Hub revision")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

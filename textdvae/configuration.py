@@ -33,10 +33,9 @@ class TextDVAEConfig(PreTrainedConfig):
         decoder_layers (`int`, defaults to 1): layers of the decoder.
         code_at_every_step (`bool`, defaults to `False`): GRU decoder only. `False`: the code sets the initial state
             (Bowman et al. 2016). `True`: its projection is also added to every input embedding. Every step helps
-            when the code is sharp and must be copied out word for word (the quick-start corpus: greedy
-            reconstruction accuracy 0.99 against 0.69 without it); it hurts when the posterior is near uniform
-            and the sampled code is mostly noise (PTB: validation -log p(x|z) 131.5 against 119.4 nats after
-            300 steps, benchmarks/conditioning.py).
+            when the code is sharp and must be copied out word for word (the quick-start corpus, whose recipe sets
+            it); it hurts when the posterior is near uniform and the sampled code is mostly noise (PTB). The
+            measurements (`benchmarks/conditioning.py`): benchmarks/RESULTS.md.
         num_heads (`int`, defaults to 4): attention heads (Transformer only); must divide `hidden_dim`.
         ffn_dim (`int`, defaults to 1024): inner width of the Transformer feed-forward blocks.
         dropout (`float`, defaults to 0.0): dropout on embeddings and between layers.
@@ -99,11 +98,11 @@ class TextDVAEConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False  # transformers' own tying is not used: see `tie_embeddings`
 
     def __post_init__(self, **kwargs):
-        _choice("encoder_type", self.encoder_type, ENCODER_TYPES)
-        _choice("decoder_type", self.decoder_type, DECODER_TYPES)
-        _choice("latent", self.latent, LATENT_TYPES)
-        _choice("estimator", self.estimator, ESTIMATORS)
-        _choice("prior", self.prior, PRIORS)
+        check_choice("model.encoder_type", self.encoder_type, ENCODER_TYPES)
+        check_choice("model.decoder_type", self.decoder_type, DECODER_TYPES)
+        check_choice("model.latent", self.latent, LATENT_TYPES)
+        check_choice("model.estimator", self.estimator, ESTIMATORS)
+        check_choice("model.prior", self.prior, PRIORS)
         if self.prior != "uniform" and self.latent != "categorical":
             raise ValueError(f"model.prior={self.prior!r} is a prior over categorical codes, but model.latent="
                              f"{self.latent!r}; set model.latent=categorical or drop model.prior")
@@ -150,6 +149,7 @@ class TextDVAEConfig(PreTrainedConfig):
         return [k for k in own if not k.endswith("token_id") and k != "tie_word_embeddings"]
 
 
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+def check_choice(key: str, value, allowed: tuple[str, ...], error: type[ValueError] = ValueError) -> None:
+    """A setting that must be one of `allowed`: raise `error` naming the key, the bad value and the allowed ones."""
     if value not in allowed:
-        raise ValueError(f"model.{key}={value!r} is not one of {', '.join(allowed)}")
+        raise error(f"{key}={value!r} is not one of {', '.join(allowed)}")

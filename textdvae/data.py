@@ -198,7 +198,12 @@ def _check_encoding(tokenizer: PreTrainedTokenizerBase, max_length: int) -> int:
 def _encode_texts(tokenizer, texts: list[str], max_length: int, eos: int) -> tuple[list[list[int]], list[bool]]:
     encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
                         return_token_type_ids=False)["input_ids"] if texts else []
-    return [ids[:max_length - 1] + [eos] for ids in encoded], [len(ids) >= max_length for ids in encoded]
+    return [with_eos(ids, max_length, eos) for ids in encoded], [len(ids) >= max_length for ids in encoded]
+
+
+def with_eos(ids: list[int], max_length: int, eos: int) -> list[int]:
+    """A sentence's token ids as the model reads them: its first ``max_length - 1`` tokens, then EOS."""
+    return ids[:max_length - 1] + [eos]
 
 
 def _encode_batch(batch: dict[str, list], tokenizer, max_length: int, eos: int) -> dict[str, list]:
@@ -351,11 +356,12 @@ def padding_waste(batches: list[list[int]], lengths: list[int]) -> float:
     return (padded - real) / padded if padded else 0.0
 
 
-def collate(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` (1 on tokens, 0 on padding), both (B, T) long tensors."""
+def collate(sequences: list[list[int]], pad_id: int, width: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` (1 on tokens, 0 on padding), both (B, T) long tensors; T is
+    the longest sequence, or ``width`` if that is more."""
     if not sequences:
         raise ValueError("collate needs at least one sequence")
-    width = max(map(len, sequences))
+    width = max(width, *map(len, sequences))
     input_ids = [ids + [pad_id] * (width - len(ids)) for ids in sequences]
     attention_mask = [[1] * len(ids) + [0] * (width - len(ids)) for ids in sequences]
     return {"input_ids": torch.tensor(input_ids, dtype=torch.long),

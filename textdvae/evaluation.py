@@ -28,12 +28,13 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import data as data_lib
-from .estimators import categorical_entropy, log_prob_of_codes, sample_categorical
+from .estimators import categorical_entropy, gaussian_sample, log_prob_of_codes, sample_categorical
 
 logger = logging.getLogger(__name__)
 
@@ -42,17 +43,21 @@ ACTIVE_THRESHOLD = 0.01  # nats (KL_i) and variance (AU), as in He et al. 2019
 
 def iterate_batches(seqs, batch_size: int, pad_id: int, rank: int = 0,
                     world: int = 1) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
-    """Length-sorted batches (little padding) of this process's rows; yields (indices, collated batch).
+    """Length-sorted batches (little padding) of this process's rows; yields (indices, collated batch). Each process
+    pads its rows to the width of the whole batch, so what depends on the width (the greedy reconstruction's length
+    limit) does not depend on the number of processes.
 
     ``seqs``: a :class:`textdvae.data.TokenSplit` (its rows are fetched from Arrow one batch at a time) or a list of
     token-id lists."""
     arrow = isinstance(seqs, data_lib.TokenSplit)
-    lengths = seqs.lengths if arrow else [len(s) for s in seqs]
+    lengths = seqs.lengths if arrow else np.asarray([len(s) for s in seqs], dtype=np.int64)
     plan = data_lib.batch_plan(lengths, batch_size, shuffle=False)
     for k in range(len(plan)):
-        rows = plan[k][rank::world].tolist()
+        batch = plan[k]
+        rows = batch[rank::world].tolist()
         if rows:
-            yield rows, data_lib.collate(seqs.rows(rows) if arrow else [seqs[i] for i in rows], pad_id)
+            yield rows, data_lib.collate(seqs.rows(rows) if arrow else [seqs[i] for i in rows], pad_id,
+                                         width=int(lengths[batch].max()))
 
 
 def _reduce(accelerator, values: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -61,15 +66,11 @@ def _reduce(accelerator, values: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: accelerator.reduce(v.to(accelerator.device), reduction="sum").cpu() for k, v in values.items()}
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def elbo_pass(model, batches, accelerator=None, seed: int = 0) -> dict:
     """Single-sample ELBO terms over a split (the quick validation used during training)."""
     model.eval()
-    dev = _device(model)
+    dev = model.device
     gen = torch.Generator(device=dev).manual_seed(seed)
     n_lat = _num_latent_dims(model.config)
     sums = {"rec": torch.zeros(()), "kl": torch.zeros(()), "kl_i": torch.zeros(max(n_lat, 1)),
@@ -105,11 +106,11 @@ def log_importance_weights(model, input_ids: Tensor, mask: Tensor, params: Tenso
     if model.config.latent == "categorical":
         logits = params.repeat_interleave(samples, 0)  # (B*S, N, K)
         codes = sample_categorical(logits, generator)  # (B*S, N, K)
-        log_prior = model.log_prior(codes)  # (B*S,)
+        log_prior = model.bottleneck.log_prior(codes)  # (B*S,)
         log_q = log_prob_of_codes(logits, codes)  # (B*S,)
     else:
         mu, logvar = (t.repeat_interleave(samples, 0) for t in params.unbind(-1))  # (B*S, Dz)
-        codes = mu + torch.randn(mu.shape, generator=generator, device=mu.device) * (0.5 * logvar).exp()
+        codes = gaussian_sample(mu, logvar, generator)  # (B*S, Dz)
         log_prior = _normal_log_density(codes, torch.zeros_like(mu), torch.zeros_like(logvar))
         log_q = _normal_log_density(codes, mu, logvar)
     log_px_z = -model.reconstruction(ids, m, codes)  # (B*S,)
@@ -134,7 +135,7 @@ def exact_log_likelihood(model, input_ids: Tensor, mask: Tensor, chunk: int = 40
             codes = F.one_hot(digits, K).float()  # (C, N, K)
             C = codes.size(0)
             log_px_z = -model.reconstruction(input_ids[b:b + 1].expand(C, -1), mask[b:b + 1].expand(C, -1), codes)
-            parts.append(log_px_z + model.log_prior(codes))  # (C,)
+            parts.append(log_px_z + model.bottleneck.log_prior(codes))  # (C,)
         per_sentence.append(torch.logsumexp(torch.cat(parts), 0))
     return torch.stack(per_sentence)
 
@@ -151,7 +152,7 @@ def evaluate(model, seqs: list[list[int]], tokenizer, accelerator=None, batch_si
     from .explore import greedy_decode, strip_eos
 
     model.eval()
-    dev = _device(model)
+    dev = model.device
     cfg = model.config
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -232,7 +233,7 @@ def gaussian_latent_stats(mu: Tensor, logvar: Tensor, gen: torch.Generator) -> d
     """He et al. 2019: MI by Monte Carlo under the aggregate posterior; AU by Var_x(mu_d) > 0.01."""
     n, dz = mu.shape
     neg_entropy = (-0.5 * dz * math.log(2 * math.pi) - 0.5 * (1 + logvar).sum(-1)).mean()
-    z = mu + torch.randn(mu.shape, generator=gen, device=mu.device) * (0.5 * logvar).exp()  # (n, Dz)
+    z = gaussian_sample(mu, logvar, gen)  # (n, Dz)
     log_density = torch.stack([_normal_log_density(z[i:i + 1].expand(n, -1), mu, logvar) for i in range(n)])  # (n, n)
     log_agg = torch.logsumexp(log_density, 1) - math.log(n)
     return {"mi": (neg_entropy - log_agg.mean()).item(), "au": int((mu.var(0, unbiased=False) > ACTIVE_THRESHOLD).sum())}

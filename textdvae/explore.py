@@ -19,10 +19,6 @@ ENCODE_ROWS = 512  # texts encoded together
 DECODE_ROWS = 1024  # sequences decoded together (beams and returned sequences counted)
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def max_tokens(model) -> int:
     """The longest token sequence (EOS included) the encoder and the decoder can take."""
     c = model.config
@@ -32,14 +28,14 @@ def max_tokens(model) -> int:
 def tokenize(model, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
     """Texts -> right-padded ids ending with EOS, as in training. Empty texts are refused, long ones truncated to
     `max_length` tokens (EOS included; default: what the model's positions allow)."""
-    from .data import collate
+    from .data import collate, with_eos
 
     texts = _check_texts(texts)
     limit = min(max_length or max_tokens(model), max_tokens(model))
     ids = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    seqs = [s[: limit - 1] + [model.config.eos_token_id] for s in ids]
+    seqs = [with_eos(s, limit, model.config.eos_token_id) for s in ids]
     batch = collate(seqs, model.config.pad_token_id)
-    return {k: v.to(_device(model)) for k, v in batch.items()}
+    return {k: v.to(model.device) for k, v in batch.items()}
 
 
 def _check_texts(texts) -> list[str]:
@@ -56,7 +52,7 @@ def as_one_hot(model, codes: Tensor | list) -> Tensor:
     """(B, N) category indices, or (B, N, K) vectors on the simplex -> (B, N, K) float; a single code (N,) is a
     batch of one."""
     N, K = model.config.num_latents, model.config.num_categories
-    codes = torch.as_tensor(codes, device=_device(model))
+    codes = torch.as_tensor(codes, device=model.device)
     if codes.dim() == 1:
         codes = codes.unsqueeze(0)
     if codes.dim() == 2:
@@ -82,7 +78,7 @@ def conditioning(model, codes) -> Tensor | None:
     if latent == "categorical":
         return model.condition(as_one_hot(model, codes))
     if latent == "gaussian":
-        z = torch.as_tensor(codes, device=_device(model), dtype=torch.float)
+        z = torch.as_tensor(codes, device=model.device, dtype=torch.float)
         z = z.unsqueeze(0) if z.dim() == 1 else z
         if z.dim() != 2 or z.size(1) != model.config.latent_dim:
             raise ValueError(f"a Gaussian model decodes z of shape (B, {model.config.latent_dim}), "
@@ -218,8 +214,8 @@ def sample_decode(model, cond: Tensor | None, batch_size: int, max_length: int, 
 def _step_decode(model, cond, batch_size: int, max_length: int, pick) -> list[list[int]]:
     """One decoder step per token, the state carried; pick(hidden states (B, H)) -> next ids (B,)."""
     c = model.config
-    dev = _device(model)
-    state = model.decoder.start(cond, batch_size)
+    dev = model.device
+    state = model.decoder.start(cond)
     tokens = torch.full((batch_size, 1), c.bos_token_id, dtype=torch.long, device=dev)  # (B, 1)
     steps, done = [], torch.zeros(batch_size, dtype=torch.bool, device=dev)
     for _ in range(max_length):
@@ -249,11 +245,11 @@ def beam_decode(model, cond: Tensor | None, batch_size: int, max_length: int, nu
     length_penalty=0 this is greedy decoding. -> num_return sequences per input, best first, consecutive; with
     return_scores, (sequence, summed log-probability) pairs."""
     c = model.config
-    dev, W = _device(model), num_beams
+    dev, W = model.device, num_beams
     if W < 1:
         raise ValueError(f"num_beams must be >= 1, got {W}")
     cond = cond.repeat_interleave(W, 0) if cond is not None else None  # (B*W, M, D)
-    state = model.decoder.start(cond, batch_size * W)
+    state = model.decoder.start(cond)
     tokens = torch.full((batch_size * W, 1), c.bos_token_id, dtype=torch.long, device=dev)
     scores = torch.full((batch_size, W), -math.inf, device=dev)
     scores[:, 0] = 0.0  # all beams start identical: keep one alive
@@ -342,13 +338,13 @@ def sample(model, n: int, generator: torch.Generator | None = None, **decode_kwa
         raise ValueError(f"n must be >= 1, got {n}")
     c = model.config
     if c.latent == "categorical":
-        codes = model.sample_prior(n, generator)
+        codes = model.bottleneck.sample_prior(n, generator)
     elif c.latent == "gaussian":
         codes = torch.randn(n, c.latent_dim, generator=generator, device="cpu")
     else:
         codes = None
     if codes is not None:
-        codes = codes.to(_device(model))
+        codes = codes.to(model.device)
     return decode(model, codes, generator=generator, batch_size=n, **decode_kwargs), codes
 
 
@@ -358,15 +354,8 @@ def ids_log_likelihood(model, ids: list[list[int]], codes) -> Tensor:
     from .data import collate
 
     batch = collate([s or [model.config.eos_token_id] for s in ids], model.config.pad_token_id)
-    input_ids, mask = batch["input_ids"].to(_device(model)), batch["attention_mask"].to(_device(model))
+    input_ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
     return -model.reconstruction(input_ids, mask, as_one_hot(model, codes))
-
-
-@torch.no_grad()
-def sentence_log_likelihood(model, texts: list[str], codes) -> Tensor:
-    """log p(x | z) under the decoder, (B,) nats."""
-    batch = tokenize(model, texts)
-    return -model.reconstruction(batch["input_ids"], batch["attention_mask"], as_one_hot(model, codes))
 
 
 @torch.no_grad()

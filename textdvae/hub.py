@@ -16,14 +16,21 @@ import struct
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HubError", "generation_config_dict", "make_model_card", "push_to_hub"]
+__all__ = ["HubError", "generation_config_dict", "make_model_card", "push_space", "push_to_hub"]
 
 
 class HubError(Exception):
     """A push to (or a request against) the Hugging Face Hub failed; the message says why and what to do."""
 
 
-CARD_TAGS = ["text-vae", "discrete-latent", "gumbel-softmax", "textdvae"]
+CARD_TAGS = ["text-vae", "textdvae"]
+# What the card says of each gradient estimator of categorical codes (config.json's `estimator`), and its tag.
+ESTIMATOR_TEXT = {
+    "gumbel": ("trained with the Gumbel-Softmax relaxation (Jang et al. 2017)", "gumbel-softmax"),
+    "gumbel_st": ("trained with straight-through Gumbel-Softmax (Jang et al. 2017)", "gumbel-softmax"),
+    "reinmax": ("trained with the ReinMax estimator (Liu et al. 2023)", "reinmax"),
+    "reinforce": ("trained with the score-function (REINFORCE) estimator and a learned baseline", "reinforce"),
+}
 
 # (key in metrics.json, human readable name) in the order they appear in the card
 KNOWN_METRICS: list[tuple[str, str]] = [
@@ -37,17 +44,13 @@ KNOWN_METRICS: list[tuple[str, str]] = [
     ("rec_token_acc", "Reconstruction token accuracy"),
 ]
 
-# Keys of config.json described in the card's architecture section.
-ARCH_KEYS = [
-    "encoder_type",
-    "decoder_type",
-    "num_latents",
-    "num_categories",
-    "hidden_dim",
-    "embed_dim",
-    "latent",
-    "estimator",
-]
+# Keys of config.json described in the card's architecture section, by kind of latent.
+ARCH_KEYS = {
+    "categorical": ["encoder_type", "decoder_type", "latent", "num_latents", "num_categories", "estimator", "prior",
+                    "hidden_dim", "embed_dim"],
+    "gaussian": ["encoder_type", "decoder_type", "latent", "latent_dim", "hidden_dim", "embed_dim"],
+    "none": ["decoder_type", "latent", "decoder_layers", "hidden_dim", "embed_dim"],
+}
 
 # `datasets` builder names: a recipe data path equal to one of these is not a Hub dataset id.
 _DATASET_BUILDERS = {
@@ -166,11 +169,10 @@ def _load_config(model_dir: Path) -> dict:
 
 
 def generation_config_dict(config: dict) -> dict:
-    """The generation config shipped with a model (``generation_config.json``), from its ``config.json`` dict.
-
-    textdvae decodes with its own ``TextDVAE.decode`` / ``reconstruct`` / ``sample`` (transformers 5 gives a
-    ``PreTrainedModel`` no ``generate``), so this only records the special token ids and ``use_cache=False``; it
-    loads with ``transformers.GenerationConfig.from_pretrained(repo_id)``.
+    """The generation config of a model (``generation_config.json``), from its ``config.json`` dict: the special
+    token ids, and ``use_cache=False`` because ``model.generate`` re-runs the decoder over the prefix (the decoders
+    keep their own state; ``TextDVAE.decode`` is the incremental path). `TextDVAE` builds its own from this, and
+    `push_to_hub` adds it to a folder that has none; it loads with ``GenerationConfig.from_pretrained(repo_id)``.
     """
     out: dict[str, Any] = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
     out["use_cache"] = False
@@ -178,6 +180,43 @@ def generation_config_dict(config: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------ model card
+
+
+def card_tags(config: dict) -> list[str]:
+    """The card's tags: the library's, then the kind of latent and (categorical) the estimator's."""
+    latent = config.get("latent", "categorical")
+    if latent == "gaussian":
+        return [CARD_TAGS[0], "gaussian-latent", *CARD_TAGS[1:]]
+    if latent == "none":
+        return ["language-model", *CARD_TAGS[1:]]
+    estimator_tag = ESTIMATOR_TEXT.get(config.get("estimator"), (None, None))[1]
+    return [CARD_TAGS[0], "discrete-latent", *([estimator_tag] if estimator_tag else []), *CARD_TAGS[1:]]
+
+
+def describe_latent(config: dict) -> str:
+    """The card's first paragraph: what the model does with a sentence, for its kind of latent."""
+    latent = config.get("latent", "categorical")
+    if latent == "none":
+        return ("A language model trained with the `textdvae` library: the decoder of a text VAE without a latent "
+                "variable, the baseline that textdvae's VAEs are measured against. It scores and generates "
+                "sentences; it has no code to encode them into.")
+    if latent == "gaussian":
+        dim = config.get("latent_dim")
+        size = f"a {dim}-dimensional" if isinstance(dim, int) else "a"
+        return ("A variational autoencoder for sentences with a continuous latent, trained with the `textdvae` "
+                f"library (the Gaussian baseline of Bowman et al. 2016): each sentence is encoded into {size} "
+                "Gaussian latent vector from which the decoder reconstructs it.")
+    n_lat, n_cat = config.get("num_latents"), config.get("num_categories")
+    how = ESTIMATOR_TEXT.get(config.get("estimator"), ("",))[0]
+    desc = ("A discrete variational autoencoder for sentences, trained with the `textdvae` library. Each sentence is "
+            f"encoded into a sequence of categorical latent variables{f' ({how})' if how else ''}, from which the "
+            "decoder reconstructs it.")
+    if isinstance(n_lat, int) and isinstance(n_cat, int) and n_lat > 0 and n_cat > 1:
+        desc += (f" This model uses {n_lat} latent variables with {n_cat} categories each, i.e. a code of at most "
+                 f"{n_lat * math.log2(n_cat):.1f} bits per sentence.")
+    if config.get("prior") == "autoregressive":
+        desc += " Its prior over the codes is learned (an autoregressive MADE), so `sample` draws typical codes."
+    return desc
 
 
 def make_model_card(
@@ -212,7 +251,8 @@ def make_model_card(
     hub_dataset = data_path if _is_hub_dataset_id(data_path) else None
 
     # ---- front matter
-    meta: dict[str, Any] = {"library_name": "textdvae", "tags": list(CARD_TAGS)}
+    latent = config.get("latent", "categorical")  # configs saved before `latent` existed were categorical
+    meta: dict[str, Any] = {"library_name": "textdvae", "tags": card_tags(config)}
     if hub_dataset:
         meta["datasets"] = [hub_dataset]
     meta["license"] = "apache-2.0"
@@ -249,19 +289,8 @@ def make_model_card(
     out: list[str] = ["---", front.rstrip("\n"), "---", ""]
     out.append(f"# {model_name}")
     out.append("")
-    n_lat, n_cat = config.get("num_latents"), config.get("num_categories")
-    desc = (
-        "A discrete variational autoencoder for sentences, trained with the `textdvae` library. Each sentence is encoded into a sequence of "
-        "categorical latent variables (relaxed with Gumbel-softmax during training) from which the "
-        "decoder reconstructs it."
-    )
-    if isinstance(n_lat, int) and isinstance(n_cat, int) and n_lat > 0 and n_cat > 1:
-        desc += (
-            f" This model uses {n_lat} latent variables with {n_cat} categories each, i.e. a code of at most "
-            f"{n_lat * math.log2(n_cat):.1f} bits per sentence."
-        )
-    out += [desc, "", "## Architecture", ""]
-    rows = [(k, config[k]) for k in ARCH_KEYS if k in config]
+    out += [describe_latent(config), "", "## Architecture", ""]
+    rows = [(k, config[k]) for k in ARCH_KEYS.get(latent, ARCH_KEYS["categorical"]) if k in config]
     try:
         n_params = count_parameters(model_dir)
     except (OSError, ValueError) as e:  # unreadable header: leave it out rather than fail the card
@@ -305,9 +334,11 @@ def make_model_card(
         "from textdvae import TextDVAE",
         "",
         f'model = TextDVAE.from_pretrained("{rid}")',
-        'codes, probs = model.encode(["a sentence"])',
-        'print(model.reconstruct(["a sentence"]))',
-        'print(model.interpolate("first sentence", "second sentence", method="hamming"))',
+        *(['codes, probs = model.encode(["a sentence"])',
+           'print(model.reconstruct(["a sentence"]))',
+           'print(model.interpolate("first sentence", "second sentence", method="hamming"))']
+          if latent == "categorical" else
+          ["texts, _ = model.sample(3)  # sentences drawn from the model", "print(texts)"]),
         "```",
         "",
     ]
@@ -451,6 +482,8 @@ def push_to_hub(
     revision: str | None = None,
     commit_message: str | None = None,
     token: str | None = None,
+    metrics: dict | None = None,
+    recipe: dict | None = None,
 ) -> str:
     """Push a saved textdvae model folder to the Hub as ONE commit (files + generated ``README.md``).
 
@@ -462,7 +495,8 @@ def push_to_hub(
     uploaded as ``metrics.json`` / ``recipe.yaml``. A ``README.md`` in ``model_dir`` is replaced by the
     generated card in the repo (the local folder is never modified). ``revision`` is created as a branch
     (from ``main``) if needed. ``token`` defaults to huggingface_hub's own resolution (``HF_TOKEN`` or
-    the saved login). Returns the commit URL. Raises :class:`HubError` on any failure.
+    the saved login). ``metrics`` / ``recipe`` given here are used (and uploaded as ``metrics.json`` /
+    ``recipe.yaml``) instead of files. Returns the commit URL. Raises :class:`HubError` on any failure.
     """
     model_dir = Path(model_dir).expanduser()
     if not model_dir.is_dir():
@@ -485,7 +519,18 @@ def push_to_hub(
             "model.push_to_hub(repo_id)."
         )
     files = _collect_files(model_dir)
-    metrics, recipe, extras = _find_extras(model_dir)
+    found_metrics, found_recipe, extras = _find_extras(model_dir)
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            raise HubError(f"metrics must be a dict (as metrics.json holds), got {type(metrics).__name__}")
+        extras["metrics.json"] = (json.dumps(metrics, indent=2) + "\n").encode("utf-8")
+    if recipe is not None:
+        import yaml
+        if not isinstance(recipe, dict):
+            raise HubError(f"recipe must be a dict (as a recipe YAML file holds), got {type(recipe).__name__}")
+        extras["recipe.yaml"] = yaml.safe_dump(recipe, sort_keys=False).encode("utf-8")
+    metrics = found_metrics if metrics is None else metrics
+    recipe = found_recipe if recipe is None else recipe
     if "generation_config.json" not in names:  # sent from memory: the local folder is never written to
         config = _load_config(model_dir)
         gen = generation_config_dict(config)
@@ -534,5 +579,78 @@ def push_to_hub(
     except Exception as e:
         if _is_network_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
             raise HubError(_explain(e, repo_id, endpoint)) from e
+        raise
+    return str(info.commit_url)
+
+
+# ----------------------------------------------------------------------------------------- space
+
+SPACE_APP = '''"""The textdvae demo page for the model {repo_id}: explore its code space in the browser."""
+
+from textdvae.cli import load_model
+from textdvae.demo import build_demo, launch, model_figures
+
+MODEL, REVISION = "{repo_id}", {revision!r}
+
+model, _ = load_model(MODEL, REVISION)
+launch(build_demo(model, model_figures(MODEL, REVISION), title=f"textdvae: {{MODEL}}"))
+'''
+
+
+def space_files(repo_id: str, revision: str | None = None) -> dict[str, bytes]:
+    """The files of a Gradio Space that serves `textdvae demo REPO_ID`: ``app.py`` (loads the model by repo id, at
+    ``revision``: None for the default branch),
+    ``requirements.txt`` (textdvae's dependencies and its ``demo`` extra, read from the installed package's
+    metadata), ``README.md`` (the Space's settings: ``sdk: gradio``) and the ``textdvae/`` source itself, since the
+    Space cannot pip-install it from a package index."""
+    from importlib import metadata
+
+    import yaml
+
+    try:
+        requires = metadata.requires("textdvae") or []
+    except metadata.PackageNotFoundError:
+        raise HubError("textdvae is not installed as a package, so the Space's requirements.txt cannot be written; "
+                       "install it with pip install -e '.[demo]'") from None
+    plain = [r for r in requires if ";" not in r]
+    demo = [r.split(";")[0].strip() for r in requires if re.search(r"""extra\s*==\s*["']demo["']""", r)]
+    requirements = plain + (demo or ["gradio"])  # an install older than the demo extra: any Gradio
+    settings = {"title": f"textdvae {repo_id.split('/')[-1]}"[:30], "emoji": "🔤", "colorFrom": "indigo",
+                "colorTo": "gray", "sdk": "gradio", "app_file": "app.py", "models": [repo_id], "tags": ["textdvae"]}
+    try:
+        settings["sdk_version"] = metadata.version("gradio")  # the Gradio this page was built and tested with
+    except metadata.PackageNotFoundError:
+        pass
+    readme = (f"---\n{yaml.safe_dump(settings, sort_keys=False, allow_unicode=True)}---\n\n"
+              f"# textdvae demo: {repo_id}\n\nThe page of `textdvae demo {repo_id}`: encode a sentence into its code, "
+              "click a latent's category to decode the edited code, interpolate and traverse in code space, and "
+              f"sample from the prior. The model: [{repo_id}](https://huggingface.co/{repo_id}).\n")
+    files = {"app.py": SPACE_APP.format(repo_id=repo_id, revision=revision).encode("utf-8"),
+             "requirements.txt": ("\n".join(requirements) + "\n").encode("utf-8"),
+             "README.md": readme.encode("utf-8")}
+    package = Path(__file__).resolve().parent
+    files.update({f"textdvae/{p.name}": p.read_bytes() for p in sorted(package.glob("*.py"))})
+    return files
+
+
+def push_space(repo_id: str, *, revision: str | None = None, private: bool = False, token: str | None = None) -> str:
+    """Create (or update) the Gradio Space ``repo_id`` that serves the demo page of the model ``repo_id`` (at
+    ``revision``), in one commit of :func:`space_files`. Returns the commit URL; raises :class:`HubError` on any
+    failure."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    api = HfApi(token=token)
+    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
+                  for path, data in space_files(repo_id, revision).items()]
+    try:
+        url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        info = api.create_commit(url.repo_id or repo_id, operations, repo_type="space",
+                                 commit_message="textdvae demo page")
+    except (HFValidationError, HfHubHTTPError) as e:
+        raise HubError(_explain(e, repo_id, api.endpoint)) from e
+    except Exception as e:
+        if _is_network_error(e):
+            raise HubError(_explain(e, repo_id, api.endpoint)) from e
         raise
     return str(info.commit_url)

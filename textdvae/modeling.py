@@ -1,8 +1,8 @@
 """TextDVAE: a sentence -> N categorical latent variables of K categories -> the sentence again.
 
     tokens (B, T) -> encoder (GRU | Transformer) -> pooled (B, P) -> latent logits (B, N, K)
-      -> estimator (Gumbel-Softmax, straight-through, ReinMax, REINFORCE) -> codes (B, N, K)
-      -> code embeddings (B, N, D) -> autoregressive decoder (GRU | Transformer) -> log p(x | z)
+      -> CategoricalBottleneck (bottleneck.py): estimator -> codes (B, N, K), KL to the prior, code embeddings (B, N, D)
+      -> autoregressive decoder (GRU | Transformer) -> log p(x | z)
 
 The objective is the ELBO (Kingma & Welling 2014; for categorical latents with a uniform prior see Jeffares &
 Liu 2025, "An Introduction to Discrete Variational Autoencoders"):
@@ -23,16 +23,29 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from . import explore
+from .bottleneck import AutoregressivePrior, CategoricalBottleneck
 from .configuration import TextDVAEConfig
-from .estimators import (gaussian_kl, gaussian_sample, gumbel_softmax, kl_categorical, kl_to_uniform,
-                         leave_one_out_baseline, log_prob_of_codes, reinmax, sample_categorical,
-                         score_function_surrogate)
+from .estimators import gaussian_kl, gaussian_sample, leave_one_out_baseline, log_prob_of_codes, score_function_surrogate
+from .hub import generation_config_dict
 from .schedules import free_bits as free_bits_objective
+
+
+# State-dict keys of models saved before the bottleneck had its own module (regex -> today's key).
+LEGACY_KEYS = {r"^code_embed$": "bottleneck.code_embed", r"^code_prior\.": "bottleneck.code_prior."}
+
+
+class IncompatibleWeightsError(ValueError):
+    """Saved weights that do not fit the model built from their config (missing, unexpected or reshaped)."""
+
+
+# Keywords transformers' `generate` passes to forward besides the inputs: bookkeeping that changes nothing here.
+GENERATE_FLAGS = frozenset({"return_dict", "use_cache", "output_attentions", "output_hidden_states", "cache_position",
+                            "past_key_values"})
 
 
 @dataclass
@@ -183,7 +196,7 @@ class GRUDecoder(nn.Module):
             if config.code_at_every_step:
                 self.cond_to_in = nn.Linear(cond_size * config.hidden_dim, config.embed_dim)
 
-    def start(self, cond: Tensor | None, batch_size: int) -> dict:
+    def start(self, cond: Tensor | None) -> dict:
         if self.cond_to_h0 is None:
             return {"h": None, "in": None}
         c = cond.flatten(1)  # (B, M * D)
@@ -204,11 +217,11 @@ class GRUDecoder(nn.Module):
 class TransformerDecoder(nn.Module):
     """The M conditioning vectors are a prefix that every token attends to (causal self-attention over [codes; tokens])."""
 
-    def __init__(self, config: TextDVAEConfig, cond_size: int):
+    def __init__(self, config: TextDVAEConfig):
         super().__init__()
         self.stack = TransformerStack(config, config.decoder_layers)
 
-    def start(self, cond: Tensor | None, batch_size: int) -> dict:
+    def start(self, cond: Tensor | None) -> dict:
         caches = [{} for _ in self.stack.blocks]
         if cond is not None:  # run the prefix once and keep its keys/values
             x = cond
@@ -222,49 +235,6 @@ class TransformerDecoder(nn.Module):
         for block, cache in zip(self.stack.blocks, caches):
             x = block(x, causal=True, cache=cache)
         return self.stack.ln_f(x), {"caches": caches, "t": state["t"] + emb.size(1)}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# A learned prior over the codes
-
-
-class AutoregressivePrior(nn.Module):
-    """p(z) = prod_i p(z_i | z_<i) over N latents of K categories: MADE (Germain et al. 2015, "MADE: Masked
-    Autoencoder for Distribution Estimation", arXiv:1502.03509), an MLP whose weight masks let output i see only the
-    inputs of latents before i, so one pass gives every conditional. Latent 0's output sees no input: its bias is
-    the marginal p(z_0). The output layer starts at zero, so training starts from the uniform prior."""
-
-    def __init__(self, num_latents: int, num_categories: int, hidden_dim: int):
-        super().__init__()
-        self.N, self.K = num_latents, num_categories
-        self.hidden = nn.ModuleList([nn.Linear(self.N * self.K, hidden_dim), nn.Linear(hidden_dim, hidden_dim)])
-        self.out_weight = nn.Parameter(torch.empty(self.N * self.K, hidden_dim))
-        self.out_bias = nn.Parameter(torch.empty(self.N * self.K))
-
-    def masks(self, device: torch.device) -> list[Tensor]:
-        """MADE's degrees: input/output unit (i, k) has degree i; hidden unit h may see latents <= h mod (N - 1)."""
-        d_io = torch.arange(self.N, device=device).repeat_interleave(self.K)  # (N*K,)
-        d_h = torch.arange(self.hidden[0].out_features, device=device) % max(self.N - 1, 1)  # (H,)
-        return [d_h[:, None] >= d_io[None], d_h[:, None] >= d_h[None], d_io[:, None] > d_h[None]]  # (out, in) each
-
-    def forward(self, codes: Tensor) -> Tensor:
-        """Codes (B, N, K), one-hot or relaxed -> logits (B, N, K) of p(z_i | z_<i)."""
-        x = codes.flatten(1)  # (B, N*K)
-        m_in, m_hid, m_out = self.masks(x.device)
-        x = F.gelu(F.linear(x, self.hidden[0].weight * m_in, self.hidden[0].bias))  # (B, H)
-        x = F.gelu(F.linear(x, self.hidden[1].weight * m_hid, self.hidden[1].bias))  # (B, H)
-        return F.linear(x, self.out_weight * m_out, self.out_bias).view(-1, self.N, self.K)  # (B, N, K)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Ancestral sampling, latent by latent: n codes (n, N) of category indices."""
-        dev = self.out_bias.device
-        gen_dev = generator.device if generator is not None else dev  # draw where the generator lives
-        codes = torch.zeros(n, self.N, self.K, device=dev)  # (n, N, K) one-hot, filled left to right
-        for i in range(self.N):
-            logits = self(codes)[:, i]  # (n, K) p(z_i | z_<i): later latents are not seen
-            codes[:, i] = sample_categorical(logits.to(gen_dev), generator).to(dev)
-        return codes.argmax(-1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -294,11 +264,8 @@ class TextDVAEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, AutoregressivePrior):  # start from the uniform prior (see the class)
             init.zeros_(module.out_weight)
             init.zeros_(module.out_bias)
-        elif isinstance(module, TextDVAE):
-            if module.code_embed is not None:
-                init.normal_(module.code_embed, mean=0.0, std=1.0)
-            if module.baseline_mean is not None:
-                init.zeros_(module.baseline_mean)
+        elif isinstance(module, TextDVAE) and module.baseline_mean is not None:
+            init.zeros_(module.baseline_mean)
 
 
 class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
@@ -314,20 +281,18 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
             out = c.num_latents * c.num_categories if c.latent == "categorical" else 2 * c.latent_dim
             self.to_posterior = nn.Linear(self.encoder.out_dim, out)
         # latent -> M conditioning vectors of width D
-        self.code_embed = None  # (N, K, D): each latent variable has its own code embedding table
-        self.code_prior = None  # a learned p(z) (prior="autoregressive"); None: uniform
+        self.bottleneck = None  # categorical: estimator, KL to the prior, code embeddings (N, K, D)
         self.baseline = None
         self.register_buffer("baseline_mean", torch.zeros(()) if c.estimator == "reinforce" else None)
         if c.latent == "categorical":
-            self.code_embed = nn.Parameter(torch.empty(c.num_latents, c.num_categories, c.hidden_dim))
-            if c.prior == "autoregressive":
-                self.code_prior = AutoregressivePrior(c.num_latents, c.num_categories, c.hidden_dim)
+            self.bottleneck = CategoricalBottleneck(c.num_latents, c.num_categories, c.hidden_dim, c.estimator, c.prior,
+                                                    init_embeddings=False)
             if c.estimator == "reinforce":  # running mean + learned input-dependent correction (Mnih & Gregor 2014)
                 self.baseline = nn.Linear(self.encoder.out_dim, 1)
         elif c.latent == "gaussian":
             self.z_to_cond = nn.Linear(c.latent_dim, c.hidden_dim)
         cond_size = {"categorical": c.num_latents, "gaussian": 1, "none": 0}[c.latent]
-        self.decoder = GRUDecoder(c, cond_size) if c.decoder_type == "gru" else TransformerDecoder(c, cond_size)
+        self.decoder = GRUDecoder(c, cond_size) if c.decoder_type == "gru" else TransformerDecoder(c)
         # output layer: full softmax (optionally tied to the embeddings) or an exact adaptive softmax
         self.adaptive = self.out_proj = self.lm_head = None
         if c.adaptive_softmax_cutoffs:
@@ -339,8 +304,11 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         else:
             self.lm_head = nn.Linear(c.hidden_dim, c.vocab_size)
         self.post_init()
-        if self.generation_config is not None:  # model.generate re-runs the prefix: the decoders keep their own state
-            self.generation_config.use_cache = False
+        if self.bottleneck is not None:  # N(0, 1), drawn after every other weight as it was before the bottleneck
+            with torch.no_grad():  # became a module of its own, so a seeded run starts from the same weights
+                self.bottleneck.code_embed.normal_()
+        if self.generation_config is not None:  # the one generation config, shipped as generation_config.json
+            self.generation_config = GenerationConfig(**generation_config_dict(c.to_dict()))
 
     # ---- pieces that forward composes; evaluation and exploration reuse them -------------------------------------
 
@@ -352,35 +320,12 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
             return params.view(-1, self.config.num_latents, self.config.num_categories), pooled  # (B, N, K)
         return params.view(-1, 2, self.config.latent_dim).transpose(1, 2), pooled  # (B, Dz, 2)
 
-    def code_kl(self, latent_logits: Tensor, codes: Tensor) -> Tensor:
-        """KL term of each latent, (B, N, K) posterior logits and the codes sampled from them -> (B, N): exact
-        log K - H(q(z_i | x)) for the uniform prior; KL(q(z_i | x) || p(z_i | z_<i)) at the sampled z_<i for a
-        learned one (its sum over i is an unbiased estimate of KL(q(z | x) || p(z)), see kl_categorical)."""
-        if self.code_prior is None:
-            return kl_to_uniform(latent_logits)
-        return kl_categorical(latent_logits, self.code_prior(codes))
-
-    def log_prior(self, codes: Tensor) -> Tensor:
-        """log p(z) of one-hot codes (B, N, K) -> (B,)."""
-        if self.code_prior is None:
-            return codes.new_full(codes.shape[:1], -self.config.num_latents * math.log(self.config.num_categories))
-        return log_prob_of_codes(self.code_prior(codes), codes)
-
-    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n codes (n, N) of category indices drawn from p(z), on the model's device."""
-        c = self.config
-        if self.code_prior is None:
-            codes = torch.randint(0, c.num_categories, (n, c.num_latents), generator=generator,
-                                  device=generator.device if generator is not None else "cpu")
-            return codes.to(self.code_embed.device)
-        return self.code_prior.sample(n, generator)
-
     def condition(self, codes: Tensor | None) -> Tensor | None:
         """Codes (B, N, K) one-hot or soft -> (B, N, D) code embeddings; Gaussian z (B, Dz) -> (B, 1, D)."""
         if codes is None:
             return None
         if self.config.latent == "categorical":
-            return torch.einsum("bnk,nkd->bnd", codes.to(self.code_embed.dtype), self.code_embed)  # (B, N, D)
+            return self.bottleneck.embed(codes)  # (B, N, D)
         return self.z_to_cond(codes).unsqueeze(1)  # (B, 1, D)
 
     def decoder_states(self, input_ids: Tensor, cond: Tensor | None, word_dropout: float = 0.0,
@@ -392,7 +337,7 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
             drop = torch.rand(dec_in.shape, device=dec_in.device, generator=generator) < word_dropout
             drop[:, 0] = False
             dec_in = dec_in.masked_fill(drop, self.unk_id)
-        state = self.decoder.start(cond, input_ids.size(0))
+        state = self.decoder.start(cond)
         h, _ = self.decoder(self.drop(self.embed_tokens(dec_in)), state)
         return self.drop(h)
 
@@ -400,9 +345,7 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         """Hidden states (..., H) -> log-probabilities over the vocabulary (..., V), exact for every head."""
         if self.adaptive is not None:
             return self.adaptive.log_prob(h.reshape(-1, h.size(-1))).view(*h.shape[:-1], -1)
-        if self.lm_head is not None:
-            return F.log_softmax(self.lm_head(h), dim=-1)
-        return F.log_softmax(F.linear(self.out_proj(h), self.embed_tokens.weight, self.lm_bias), dim=-1)
+        return F.log_softmax(self._logits(h), dim=-1)
 
     def target_log_probs(self, h: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
         """log p(x_t | x_<t, z) at real positions only: (B, T, H), (B, T) -> (B, T), zero at padding.
@@ -418,6 +361,7 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         return out
 
     def _logits(self, h: Tensor) -> Tensor:
+        """Hidden states (..., H) -> unnormalised scores (..., V) of the full softmax (untied or tied head)."""
         if self.lm_head is not None:
             return self.lm_head(h)
         return F.linear(self.out_proj(h), self.embed_tokens.weight, self.lm_bias)
@@ -432,18 +376,6 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         c = self.config
         return c.unk_token_id if c.unk_token_id is not None else c.pad_token_id
 
-    def sample_codes(self, latent_logits: Tensor, tau: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        """(B, N, K) logits -> (B, N, K) codes. In training the configured estimator; in eval an exact discrete
-        sample, so the ELBO that is reported is comparable across estimators."""
-        estimator = self.config.estimator if self.training else "discrete"
-        if estimator == "gumbel":
-            return gumbel_softmax(latent_logits, tau, hard=False, generator=generator)
-        if estimator == "gumbel_st":
-            return gumbel_softmax(latent_logits, tau, hard=True, generator=generator)
-        if estimator == "reinmax":
-            return reinmax(latent_logits, tau, generator=generator)
-        return sample_categorical(latent_logits, generator=generator)  # reinforce and eval: no gradient through z
-
     # ---- the model ------------------------------------------------------------------------------------------------
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *, tau: float = 1.0,
@@ -454,29 +386,36 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         `codes` (B, N, K) skips the encoder and decodes from the given codes (then kl is None).
         `decoder_input_ids` (B, T) with `codes`: the next-token log-probabilities after each prefix position, as
         transformers' `generate` asks for them (see prepare_inputs_for_generation); `generate_flags` are the
-        bookkeeping keywords generate passes along (return_dict, use_cache, ...), which change nothing here."""
+        bookkeeping keywords generate passes along (return_dict, use_cache, ...), which change nothing here. Any
+        other keyword (a misspelt `free_bit=0.5`) raises a TypeError rather than being silently ignored."""
+        unknown = sorted(set(generate_flags) - GENERATE_FLAGS)
+        if unknown:
+            raise TypeError(f"TextDVAE.forward() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                            "it takes input_ids, attention_mask, tau, beta, free_bits, word_dropout, codes, generator, "
+                            "output_logits and decoder_input_ids")
         c = self.config
         if decoder_input_ids is not None:
-            h, _ = self.decoder(self.embed_tokens(decoder_input_ids), self.decoder.start(self.condition(codes),
-                                                                                        decoder_input_ids.size(0)))
+            h, _ = self.decoder(self.embed_tokens(decoder_input_ids), self.decoder.start(self.condition(codes)))
             return TextDVAEOutput(logits=self.token_log_probs(h))  # (B, T, V)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         n_tokens = attention_mask.sum(1)  # (B,)
         latent_logits = mu = logvar = kl_per_latent = pooled = None
+        cond = self.condition(codes)  # (B, M, D) from given codes; else set once the encoder has sampled them
         # 1. encode and sample
         if c.latent != "none" and codes is None:
             params, pooled = self.posterior(input_ids, attention_mask)
             if c.latent == "categorical":
                 latent_logits = params  # (B, N, K)
-                codes = self.sample_codes(latent_logits, tau, generator)  # (B, N, K)
-                kl_per_latent = self.code_kl(latent_logits, codes)  # (B, N)
+                z = self.bottleneck(latent_logits, tau, generator)  # codes (B, N, K), KL (B, N), embeddings (B, N, D)
+                codes, kl_per_latent, cond = z.codes, z.kl_per_latent, z.embeddings
             else:
                 mu, logvar = params.unbind(-1)  # (B, Dz) each
                 codes = gaussian_sample(mu, logvar, generator=generator)  # (B, Dz)
                 kl_per_latent = gaussian_kl(mu, logvar)  # (B, Dz)
+                cond = self.condition(codes)  # (B, 1, D)
         # 2. decode with teacher forcing
-        h = self.decoder_states(input_ids, self.condition(codes), word_dropout if self.training else 0.0, generator)
+        h = self.decoder_states(input_ids, cond, word_dropout if self.training else 0.0, generator)
         rec = -self.target_log_probs(h, input_ids, attention_mask).sum(1)  # (B,) nats per sentence
         kl = kl_per_latent.sum(1) if kl_per_latent is not None else None  # (B,)
         # 3. the objective: reconstruction + beta * KL with free bits on each latent's batch-mean KL
@@ -502,9 +441,11 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         baseline b_i = c(x_i) + the batch's mean of rec_j - c(x_j) over the other sentences j, where c(x) = running
         mean of rec + a learned correction from the encoder state (trained by Huber loss). b_i does not depend on
         z_i, so the estimator stays unbiased. With c alone the baseline lagged the falling rec and the posterior
-        collapsed onto one code (PTB, 400 steps: KL 44.0 = 16 log 16, MI 0.4)."""
+        collapsed onto one code (PTB at 400 steps, the figures in benchmarks/RESULTS.md)."""
         with torch.no_grad():  # exponential running mean: puts the prediction at the right scale from step one
-            self.baseline_mean.lerp_(rec.mean(), 0.01 if self.baseline_mean.item() != 0 else 1.0)
+            # the mean starts at exactly 0 (a saved model's is never 0): weight 1 then, 0.01 after; no host sync
+            first = self.baseline_mean == 0
+            self.baseline_mean.lerp_(rec.mean(), torch.where(first, 1.0, 0.01).to(rec.dtype))
         prediction = self.baseline_mean + self.baseline(pooled.detach()).squeeze(-1)  # (B,) c(x)
         baseline = leave_one_out_baseline(rec, prediction)  # (B,)
         log_q = log_prob_of_codes(latent_logits, codes)  # (B,)
@@ -532,13 +473,25 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained` (a folder or a Hub repo id); also remembers the Hub arguments
-        (revision, token, cache_dir, ...) so that `model.tokenizer` is loaded from the same revision."""
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        """`PreTrainedModel.from_pretrained` (a folder or a Hub repo id), strict: a weight that is missing,
+        unexpected or of the wrong shape raises `IncompatibleWeightsError` (transformers would only warn and leave
+        it random). Models saved before the bottleneck had its own module load too (`LEGACY_KEYS`). Also remembers
+        the Hub arguments (revision, token, cache_dir, ...) so that `model.tokenizer` comes from the same revision."""
+        want_info = kwargs.pop("output_loading_info", False)
+        kwargs.setdefault("key_mapping", LEGACY_KEYS)
+        kwargs["ignore_mismatched_sizes"] = True  # reshaped weights come back in `info` and are refused below
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model._weight_conversions = None  # save_pretrained would revert the mapping: always save today's keys
+        bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        if bad:
+            details = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:4]))}{' ...' if len(v) > 4 else ''}"
+                                for k, v in bad.items())
+            raise IncompatibleWeightsError(f"the weights of {str(pretrained_model_name_or_path)!r} do not fit this "
+                                           f"version of textdvae ({details}); load it with the textdvae version that "
+                                           "saved it, or re-train")
         keys = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "force_download", "proxies")
         model._tokenizer_kwargs = {k: kwargs[k] for k in keys if kwargs.get(k) is not None}
-        return loaded
+        return (model, info) if want_info else model
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,
                     commit_message: str | None = None, token: str | None = None, metrics: dict | None = None,
@@ -547,14 +500,10 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         generation_config.json and a model card (README.md, made by `textdvae.hub.make_model_card`; `metrics` and
         `recipe` go into it). The token comes from `token`, else HF_TOKEN or the saved login. `revision` is a
         branch, created from main if needed. Returns the commit URL; raises `textdvae.hub.HubError` on failure."""
-        import json
         import tempfile
         from pathlib import Path
 
-        import yaml
-        from transformers import GenerationConfig
-
-        from .hub import HubError, generation_config_dict, push_to_hub
+        from .hub import HubError, push_to_hub
 
         try:
             tokenizer = self.tokenizer
@@ -562,16 +511,12 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
             raise HubError(f"cannot push {repo_id}: the model's tokenizer is unavailable ({err}); assign it with "
                            "`model.tokenizer = tokenizer` and push again") from err
         with tempfile.TemporaryDirectory(prefix="textdvae-push-") as tmp:
-            folder = Path(tmp) / "model"  # an empty parent: push_to_hub also looks there for metrics / recipe
-            self.save_pretrained(folder)
+            folder = Path(tmp) / "model"
+            self.save_pretrained(folder)  # weights, config.json, generation_config.json
             tokenizer.save_pretrained(folder)
-            GenerationConfig(**generation_config_dict(self.config.to_dict())).save_pretrained(folder)
-            if metrics is not None:
-                (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-            if recipe is not None:
-                (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-            return push_to_hub(folder, repo_id, private=bool(private), revision=revision,
-                               commit_message=commit_message, token=token if isinstance(token, str) else None)
+            return push_to_hub(folder, repo_id, private=bool(private), revision=revision, metrics=metrics,
+                               recipe=recipe, commit_message=commit_message,
+                               token=token if isinstance(token, str) else None)
 
     def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Texts -> most likely codes (B, N) and posterior probabilities (B, N, K)."""

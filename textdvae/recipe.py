@@ -18,13 +18,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .configuration import TextDVAEConfig
+from .configuration import TextDVAEConfig, check_choice
 
 
 class RecipeError(ValueError):
@@ -60,7 +62,7 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None:
                 _positive(f"data.{key}", value)
-        _choice("data.encoding_errors", self.encoding_errors, ("strict", "replace"))
+        check_choice("data.encoding_errors", self.encoding_errors, ("strict", "replace"), RecipeError)
 
 
 @dataclass
@@ -77,7 +79,7 @@ class TokenizerConfig:
     train_samples: int | None = 1_000_000
 
     def validate(self) -> None:
-        _choice("tokenizer.kind", self.kind, ("word", "bpe", "unigram", "pretrained", "sentencepiece"))
+        check_choice("tokenizer.kind", self.kind, ("word", "bpe", "unigram", "pretrained", "sentencepiece"), RecipeError)
         _positive("tokenizer.vocab_size", self.vocab_size, minimum=8)
         if self.train_samples is not None:
             _positive("tokenizer.train_samples", self.train_samples)
@@ -147,12 +149,12 @@ class TrainConfig:
             raise RecipeError(f"train.beta_ratio must be in (0, 1], got {self.beta_ratio}")
         if not (self.tau_start > 0 and self.tau_min > 0):
             raise RecipeError(f"train.tau_start and train.tau_min must be > 0, got {self.tau_start} and {self.tau_min}")
-        _choice("train.lr_schedule", self.lr_schedule, ("constant", "linear", "cosine"))
-        _choice("train.beta_schedule", self.beta_schedule, ("constant", "linear", "sigmoid", "cyclical"))
-        _choice("train.mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        check_choice("train.lr_schedule", self.lr_schedule, ("constant", "linear", "cosine"), RecipeError)
+        check_choice("train.beta_schedule", self.beta_schedule, ("constant", "linear", "sigmoid", "cyclical"), RecipeError)
+        check_choice("train.mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"), RecipeError)
         from accelerate.utils import LoggerType
         for name in self.log_with:
-            _choice("train.log_with", name, tuple(t.value for t in LoggerType))
+            check_choice("train.log_with", name, tuple(t.value for t in LoggerType), RecipeError)
 
 
 @dataclass
@@ -291,33 +293,41 @@ def _check_keys(prefix: str, values: dict[str, Any], valid: list[str] | tuple[st
 
 
 def _check_types(section: str, obj: Any) -> None:
-    """YAML gives ints, floats, bools and strings: catch `train.lr=fast` before it reaches the optimizer."""
+    """YAML gives ints, floats, bools, strings, lists and mappings: catch `train.lr=fast` before it reaches the
+    optimizer. Checked against each field's annotation itself (``int``, ``str | None``, ``list[str]``, ...)."""
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        kind = str(f.type)
-        if value is None and "None" in kind:
+        value, hint = getattr(obj, f.name), hints[f.name]
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if value is None and type(None) in options:
             continue
-        if kind == "list[str]":
-            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise RecipeError(f"{section}.{f.name} must be a list of strings, e.g. [tensorboard], got {value!r}")
-            continue
-        if "float" in kind and not isinstance(value, bool) and isinstance(value, (int, str)):
+        if float in options and isinstance(value, (int, str)) and not isinstance(value, bool):
             try:  # YAML reads 3e-4 (no dot) as a string; users mean the number
                 setattr(obj, f.name, float(value))
                 continue
             except ValueError:
                 pass
-        expected = [t for t, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (dict, "dict"))
-                    if name in kind]
-        if expected and not isinstance(value, tuple(expected)) or (isinstance(value, bool) and bool not in expected):
-            raise RecipeError(f"{section}.{f.name} must be {kind.replace(' | None', ' or null')}, got {value!r}")
+        if not any(_is_a(value, t) for t in options if t is not type(None)):
+            names = [("null" if t is type(None) else str(t) if typing.get_args(t) else t.__name__) for t in options]
+            raise RecipeError(f"{section}.{f.name} must be {' or '.join(names)}, got {value!r}")
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """isinstance for an annotation: ``list[str]`` checks the items too; a bool is not an int."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint) or hint
+    if not isinstance(value, origin) or (isinstance(value, bool) and origin is not bool):
+        return False
+    args = typing.get_args(hint)
+    if origin is list and args:
+        return all(_is_a(item, args[0]) for item in value)
+    if origin is dict and args:
+        return all(_is_a(k, args[0]) and _is_a(v, args[1]) for k, v in value.items())
+    return True
 
 
 def _positive(key: str, value: Any, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise RecipeError(f"{key} must be an integer >= {minimum}, got {value!r}")
 
-
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise RecipeError(f"{key}={value!r} is not one of {', '.join(allowed)}")

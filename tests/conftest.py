@@ -1,0 +1,89 @@
+"""What the test files share: the tiny-model recipe overrides, the CLI in a subprocess, a private datasets cache,
+the enumeration of every code of a small latent space, and the suite's one full-size training run (the quick-start
+recipe), started in the background as soon as a selected test needs it."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A TextDVAEConfig small enough to build and run in milliseconds (vocab_size is the caller's).
+TINY_MODEL = dict(embed_dim=16, hidden_dim=32, num_heads=2, ffn_dim=64, num_latents=3, num_categories=4)
+
+# Overrides of recipes/quickstart.yaml for a model and a data slice that train in seconds.
+TINY = ["model.hidden_dim=32", "model.embed_dim=16", "model.num_latents=4", "model.num_categories=4",
+        "data.max_train_samples=400", "data.max_eval_samples=40", "train.batch_size=32", "train.iw_samples=4"]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a `textdvae` subprocess: this checkout, no progress bars, and one thread, so that float
+    reductions happen in the same order in every run (and "identical" can mean bitwise)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def textdvae(*args, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run `python -m textdvae ARGS` from the repository root; with `check`, a non-zero exit fails with its output."""
+    proc = subprocess.run([sys.executable, "-m", "textdvae", *map(str, args)], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    """A datasets cache of the test's own, so that no test reads another's (or the user's) cached splits."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+
+
+def all_codes(N: int, K: int, one_hot: bool = True, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Every code of N latents with K categories in lexicographic order: one-hot (K^N, N, K), or indices (K^N, N)."""
+    indices = torch.tensor(list(itertools.product(range(K), repeat=N)))  # (K^N, N)
+    return F.one_hot(indices, K).to(dtype) if one_hot else indices
+
+
+# The quick-start recipe at full size takes minutes on one thread. It starts when collection shows that a selected
+# test needs it, and trains on one core while the rest of the suite runs on the other; `quickstart_run` waits for it.
+_QUICKSTART: dict[str, object] = {}
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m have deselected what will not run
+def pytest_collection_modifyitems(session, config, items) -> None:
+    if any("quickstart_run" in getattr(item, "fixturenames", ()) for item in items) and not _QUICKSTART:
+        out = Path(tempfile.mkdtemp(prefix="textdvae-quickstart-"))
+        log = open(out / "train.log", "w")  # noqa: SIM115 - closed in pytest_sessionfinish
+        proc = subprocess.Popen([sys.executable, "-m", "textdvae", "train", "recipes/quickstart.yaml",
+                                 f"output_dir={out / 'run'}"], cwd=ROOT, env=cli_env(), stdout=log,
+                                stderr=subprocess.STDOUT)
+        _QUICKSTART.update(proc=proc, out=out, log=log)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _QUICKSTART:
+        if _QUICKSTART["proc"].poll() is None:
+            _QUICKSTART["proc"].kill()
+            _QUICKSTART["proc"].wait()
+        _QUICKSTART["log"].close()
+        shutil.rmtree(_QUICKSTART["out"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run() -> Path:
+    """The output dir of `textdvae train recipes/quickstart.yaml` (one thread), once it has finished."""
+    proc, out = _QUICKSTART["proc"], _QUICKSTART["out"]
+    if proc.wait(timeout=1800) != 0:
+        raise AssertionError(f"the quick-start run failed (exit {proc.returncode}):\n{(out / 'train.log').read_text()}")
+    return out / "run"
