@@ -9,6 +9,8 @@
 * :func:`batch_plan` / :func:`make_batches` group sentences of similar length (little padding), reproducibly for a
   (seed, epoch), from a numpy array of lengths;
 * :func:`collate` pads one batch into tensors;
+* :class:`TrainStream` / :func:`prepare_stream` (``data.streaming``): the training split read as a stream, shuffled
+  and length-bucketed in windows, each process its own part, with a resumable position;
 * :func:`prepare_data` does the above for a recipe, training (or reusing) its tokenizer on a seeded sample of the
   training split, and :func:`configure_model_for_tokenizer` writes that tokenizer's vocabulary size and special ids
   into the model config. They live here, not in training, because evaluation (`textdvae eval`) and the benchmarks
