@@ -4,6 +4,7 @@ import json
 import random
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -188,3 +189,67 @@ def test_short_yelp_loads_with_the_csv_builder():
     lines = (SHARED / "short_yelp/valid.txt").read_text(encoding="utf-8").splitlines()
     assert texts["train"] == [line.split("\t", 1)[1].strip() for line in lines]
     assert len(texts["train"]) == 10_000 and n_blank == {"train": 0}
+
+
+def ptb_recipe(tmp_path, *overrides):
+    from textdvae import recipe as recipe_lib
+    if (tmp_path / "train.txt").exists():  # written once: a rewritten file is new data to datasets (its mtime)
+        files = {"train": str(tmp_path / "train.txt"), "validation": str(tmp_path / "valid.txt")}
+    else:
+        files = {"train": write(tmp_path / "train.txt", "".join(f"w{i % 7} w{i % 5} w{i % 3} .\n" for i in range(300))
+                                + "  \n" + "a b c d e f g h i j k l\n"),
+                 "validation": write(tmp_path / "valid.txt", "w1 w2 .\nw0 zz .\n")}
+    return recipe_lib.load("recipes/quickstart.yaml", [
+        f"output_dir={tmp_path / 'run'}", "data.path=text", "data.text_column=text",
+        f"data.data_files.train={files['train']}", f"data.data_files.validation={files['validation']}",
+        f"data.data_files.test={files['validation']}", "data.max_length=6", *overrides])
+
+
+def test_prepared_splits_are_arrow_backed_and_match_encode(tmp_path):
+    from textdvae.data import TokenSplit, prepare_data
+    recipe = ptb_recipe(tmp_path)
+    prepared = prepare_data(recipe)
+    texts, _ = load_texts(recipe.data)
+    for split in ("train", "eval"):
+        expected, stats = encode(prepared.tokenizer, texts[split], max_length=6)
+        got = prepared.splits[split]
+        assert isinstance(got, TokenSplit) and got.dataset.cache_files  # memory-mapped from the datasets cache
+        assert got.rows(range(len(got))) == expected == list(got)
+        assert got.lengths.tolist() == [len(ids) for ids in expected]
+        assert got.rows([1, 0]) == [expected[1], expected[0]] and got[-1] == expected[-1]
+    assert prepared.stats["train"] == {"n_sentences": 301, "n_skipped_blank": 1, "n_truncated": 1,
+                                       "n_tokens": 300 * 5 + 6}
+
+
+def test_second_preparation_reuses_the_cached_tokenizer_and_token_ids(tmp_path, monkeypatch):
+    from textdvae import data as data_lib
+    first = data_lib.prepare_data(ptb_recipe(tmp_path))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("tokenized or trained again despite a warm cache")
+
+    monkeypatch.setattr(data_lib, "build_tokenizer", fail)
+    monkeypatch.setattr(data_lib, "_encode_batch", fail)
+    again = data_lib.prepare_data(ptb_recipe(tmp_path))
+    assert again.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+    assert again.splits["train"].rows(range(301)) == first.splits["train"].rows(range(301))
+    assert again.stats == first.stats
+    with pytest.raises(AssertionError, match="warm cache"):  # another max_length is another encoding
+        data_lib.prepare_data(ptb_recipe(tmp_path, "data.max_length=5"), tokenizer=first.tokenizer)
+    monkeypatch.undo()
+    other = build_tokenizer(TokenizerConfig(kind="word", lowercase=True), ["W1 w2 ."])
+    monkeypatch.setattr(data_lib, "_encode_batch", fail)
+    with pytest.raises(AssertionError, match="warm cache"):  # another tokenizer is another encoding
+        data_lib.prepare_data(ptb_recipe(tmp_path), tokenizer=other)
+
+
+def test_tokenizer_reads_a_seeded_sample_of_a_large_training_split():
+    from textdvae.data import tokenizer_sample
+    train = datasets.Dataset.from_dict({"text": [f"s{i}" for i in range(1000)]})
+    assert list(tokenizer_sample(train, None, seed=0, chunk=64)) == train["text"][:]
+    assert list(tokenizer_sample(train, 1000, seed=0, chunk=64)) == train["text"][:]
+    sample = list(tokenizer_sample(train, 100, seed=0, chunk=64))
+    assert len(sample) == len(set(sample)) == 100 and set(sample) <= set(train["text"][:])
+    assert sample == sorted(sample, key=lambda s: int(s[1:]))  # corpus order
+    assert list(tokenizer_sample(train, 100, seed=0)) == sample
+    assert list(tokenizer_sample(train, 100, seed=1)) != sample

@@ -1,19 +1,31 @@
-"""Sentences in, padded batches of token ids out.
+"""Sentences in, padded batches of token ids out, without holding the corpus in Python objects.
 
-* :func:`load_texts` reads the train/eval/test splits with ``datasets.load_dataset`` (a Hub dataset, or local
-  text/json/csv/parquet files) and returns stripped, non-blank sentences;
-* :func:`encode` turns them into token ids ending in EOS, truncated to ``max_length``;
-* :func:`make_batches` groups sentences of similar length (little padding), reproducibly for a (seed, epoch);
+* :func:`load_splits` reads the train/eval/test splits with ``datasets.load_dataset`` (a Hub dataset, or local
+  text/json/csv/parquet files) into Arrow datasets of stripped, non-blank sentences (:func:`load_texts`: the same as
+  Python lists, for small data);
+* :func:`encode` turns texts into token ids ending in EOS, truncated to ``max_length``; :func:`encode_split` does the
+  same with ``Dataset.map`` into the datasets cache (memory-mapped Arrow, reused by the next run with the same data,
+  tokenizer and ``max_length``) and returns a :class:`TokenSplit`;
+* :func:`batch_plan` / :func:`make_batches` group sentences of similar length (little padding), reproducibly for a
+  (seed, epoch), from a numpy array of lengths;
 * :func:`collate` pads one batch into tensors;
-* :func:`prepare_data` does the first two for a recipe, training (or reusing) its tokenizer, and
-  :func:`configure_model_for_tokenizer` writes that tokenizer's vocabulary size and special ids into the model config.
-  They live here, not in training, because evaluation (`textdvae eval`) and the benchmarks prepare data the same way.
+* :class:`TrainStream` / :func:`prepare_stream` (``data.streaming``): the training split read as a stream, shuffled
+  and length-bucketed in windows, each process its own part, with a resumable position;
+* :func:`prepare_data` does the above for a recipe, training (or reusing) its tokenizer on a seeded sample of the
+  training split, and :func:`configure_model_for_tokenizer` writes that tokenizer's vocabulary size and special ids
+  into the model config. They live here, not in training, because evaluation (`textdvae eval`) and the benchmarks
+  prepare data the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
-from collections.abc import Iterator
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +38,9 @@ from .recipe import DataConfig, Recipe
 from .tokenization import build_tokenizer
 
 POOL_BATCHES = 50  # make_batches sorts by length within pools of this many batches
+ENCODING_VERSION = "textdvae-encode-1"  # part of the cache fingerprint of encoded splits: bump when encoding changes
+_TOKEN_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
+                                     "length": datasets.Value("int32"), "truncated": datasets.Value("bool")})
 
 _TEXT_BUILDERS = ("text", "json", "csv")  # builders that read local text files, checked before loading
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".7z")  # datasets decompresses these: not checked
@@ -53,13 +68,14 @@ class SplitStats:
     n_tokens: int  # after truncation, EOS included
 
 
-def load_texts(cfg: DataConfig) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """The sentences of each split, and how many blank texts each split skipped.
+def load_splits(cfg: DataConfig) -> tuple[dict[str, datasets.Dataset], dict[str, int]]:
+    """Each split as an Arrow dataset with one column, ``text``, and how many blank texts each split skipped.
 
     Both mappings have the keys "train", "eval" and "test" for the splits named by ``cfg.train_split``,
     ``cfg.eval_split`` and ``cfg.test_split`` that exist (the training split is required). Sentences are stripped
     of surrounding whitespace; empty or whitespace-only texts are skipped and counted. ``cfg.max_train_samples``
-    and ``cfg.max_eval_samples`` (eval and test) keep the first n sentences.
+    and ``cfg.max_eval_samples`` (eval and test) keep the first n sentences. The cleaning is a ``Dataset.map`` into
+    the datasets cache, so for local or downloaded data nothing is held in memory and a second run reuses it.
     """
     _check_local_files(cfg)
     replace = _REPLACE_OPTIONS.get(cfg.path, {}) if cfg.encoding_errors == "replace" else {}
@@ -69,16 +85,25 @@ def load_texts(cfg: DataConfig) -> tuple[dict[str, list[str]], dict[str, int]]:
                         f"{', '.join(dataset)}); set data.train_split to one of them")
     wanted = {"train": cfg.train_split, "eval": cfg.eval_split, "test": cfg.test_split}
     limits = {"train": cfg.max_train_samples, "eval": cfg.max_eval_samples, "test": cfg.max_eval_samples}
-    texts, n_blank = {}, {}
+    splits, n_blank = {}, {}
     for key, split in wanted.items():
         if split in dataset:
             sentences, n_blank[key] = _sentences(dataset[split], cfg, split)
-            texts[key] = sentences[:limits[key]]
-    return texts, n_blank
+            if limits[key] is not None and limits[key] < len(sentences):
+                sentences = sentences.select(range(limits[key]))
+            splits[key] = sentences
+    return splits, n_blank
 
 
-def _sentences(split_data: datasets.Dataset, cfg: DataConfig, split: str) -> tuple[list[str], int]:
-    """The stripped, non-blank texts of one split and the number of blank ones skipped."""
+def load_texts(cfg: DataConfig) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """:func:`load_splits` with each split as a Python list of sentences (for small data and tests)."""
+    splits, n_blank = load_splits(cfg)
+    return {key: split.with_format("arrow")["text"].to_pylist() for key, split in splits.items()}, n_blank
+
+
+def _sentences(split_data: datasets.Dataset, cfg: DataConfig, split: str) -> tuple[datasets.Dataset, int]:
+    """The stripped, non-blank texts of one split (an Arrow dataset, column ``text``) and how many blank ones were
+    skipped."""
     column = cfg.text_column
     if column not in split_data.column_names:
         raise DataError(f"data.text_column={column!r} is not a column of split {split!r} (columns: "
@@ -88,13 +113,27 @@ def _sentences(split_data: datasets.Dataset, cfg: DataConfig, split: str) -> tup
     if kind not in ("string", "large_string"):
         raise DataError(f"column {column!r} of split {split!r} holds {kind} values, not text; set data.text_column to "
                         f"the one holding the sentences (columns: {', '.join(split_data.column_names)})")
-    values = split_data.with_format("arrow")[column].to_pylist()
-    sentences = [text for text in (value.strip() for value in values if value is not None) if text]
-    if not sentences:
+    sentences = split_data.map(_strip_batch, batched=True, fn_kwargs={"column": column},
+                               remove_columns=split_data.column_names, num_proc=_num_proc(cfg, len(split_data)),
+                               features=datasets.Features({"text": datasets.Value("string")}),
+                               desc=f"cleaning {split}")
+    if len(sentences) == 0:
         source = f" ({cfg.data_files[split]})" if cfg.data_files and split in cfg.data_files else ""
-        raise DataError(f"split {split!r}{source} has no sentences ({len(values)} texts, all blank); point it at "
+        raise DataError(f"split {split!r}{source} has no sentences ({len(split_data)} texts, all blank); point it at "
                         "a file with one sentence per line or record")
-    return sentences, len(values) - len(sentences)
+    return sentences, len(split_data) - len(sentences)
+
+
+def _strip_batch(batch: dict[str, list], column: str) -> dict[str, list[str]]:
+    stripped = (value.strip() for value in batch[column] if value is not None)
+    return {"text": [text for text in stripped if text]}
+
+
+def _num_proc(cfg: DataConfig, n_rows: int) -> int | None:
+    """data.num_proc, but never more processes than there are batches of 1000 rows (datasets' map batch size)."""
+    if cfg.num_proc is None or cfg.num_proc < 2:
+        return None
+    return max(1, min(cfg.num_proc, n_rows // 1000)) if n_rows >= 2000 else None
 
 
 def _check_local_files(cfg: DataConfig) -> None:
@@ -141,19 +180,27 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
     A sentence longer than ``max_length`` tokens (EOS included) keeps its first ``max_length - 1`` tokens and EOS,
     and is counted as truncated. ``n_skipped_blank`` (from :func:`load_texts`) is only recorded in the statistics.
     """
+    eos = _check_encoding(tokenizer, max_length)
+    sequences, truncated = _encode_texts(tokenizer, texts, max_length, eos)
+    stats = SplitStats(n_sentences=len(sequences), n_skipped_blank=n_skipped_blank, n_truncated=sum(truncated),
+                       n_tokens=sum(map(len, sequences)))
+    return sequences, stats
+
+
+def _check_encoding(tokenizer: PreTrainedTokenizerBase, max_length: int) -> int:
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2 (a token and EOS), got {max_length}")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no eos_token; build it with "
                          "textdvae.tokenization.build_tokenizer")
+    return eos
+
+
+def _encode_texts(tokenizer, texts: list[str], max_length: int, eos: int) -> tuple[list[list[int]], list[bool]]:
     encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
                         return_token_type_ids=False)["input_ids"] if texts else []
-    sequences = [with_eos(ids, max_length, eos) for ids in encoded]
-    stats = SplitStats(n_sentences=len(sequences), n_skipped_blank=n_skipped_blank,
-                       n_truncated=sum(len(ids) >= max_length for ids in encoded),
-                       n_tokens=sum(map(len, sequences)))
-    return sequences, stats
+    return [with_eos(ids, max_length, eos) for ids in encoded], [len(ids) >= max_length for ids in encoded]
 
 
 def with_eos(ids: list[int], max_length: int, eos: int) -> list[int]:
@@ -161,32 +208,144 @@ def with_eos(ids: list[int], max_length: int, eos: int) -> list[int]:
     return ids[:max_length - 1] + [eos]
 
 
-def make_batches(lengths: list[int], batch_size: int, *, shuffle: bool, seed: int = 0,
-                 epoch: int = 0) -> list[list[int]]:
+def _encode_batch(batch: dict[str, list], tokenizer, max_length: int, eos: int) -> dict[str, list]:
+    sequences, truncated = _encode_texts(tokenizer, batch["text"], max_length, eos)
+    return {"input_ids": sequences, "length": [len(ids) for ids in sequences], "truncated": truncated}
+
+
+class TokenSplit(Sequence):
+    """One split's token ids, kept in an Arrow dataset (memory-mapped when it came from the datasets cache).
+
+    ``lengths`` (numpy, EOS included) is all that batching needs; the ids of a batch are fetched by :meth:`rows`.
+    Also a read-only sequence of id lists, so code written for ``list[list[int]]`` works unchanged.
+    """
+
+    def __init__(self, dataset: datasets.Dataset):
+        self.dataset = dataset.select_columns(["input_ids"])
+        self.lengths = _column(dataset, "length").astype(np.int64)
+        self.n_truncated = int(_column(dataset, "truncated").sum())
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.rows(range(*index.indices(len(self))))
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} of a split of {len(self)}")
+        return self.rows([index % len(self)])[0]
+
+    def __iter__(self):
+        for start in range(0, len(self), 10_000):
+            yield from self.rows(range(start, min(start + 10_000, len(self))))
+
+    def rows(self, indices) -> list[list[int]]:
+        """The token ids of the given rows, in that order."""
+        indices = [int(i) for i in indices]
+        if not indices:
+            return []
+        return self.dataset.with_format("arrow")[indices]["input_ids"].to_pylist()
+
+
+def _column(dataset: datasets.Dataset, name: str) -> np.ndarray:
+    column = dataset.with_format("arrow")[name]
+    return column.to_numpy() if hasattr(column, "to_numpy") else np.asarray(column)
+
+
+def encode_split(tokenizer: PreTrainedTokenizerBase, texts: datasets.Dataset, max_length: int,
+                 num_proc: int | None = None) -> TokenSplit:
+    """Encode a ``text`` dataset as :func:`encode` does, with ``Dataset.map`` into the datasets cache.
+
+    The cache fingerprint is built from the texts' fingerprint, the tokenizer's full content (its tokenizer.json and
+    special ids) and ``max_length``, so a later run with the same data and tokenizer reads the cached Arrow file
+    instead of tokenizing again, and any change to them tokenizes afresh.
+    """
+    eos = _check_encoding(tokenizer, max_length)
+    encoded = texts.map(_encode_batch, batched=True, remove_columns=texts.column_names, features=_TOKEN_FEATURES,
+                        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "eos": eos},
+                        new_fingerprint=_encoding_fingerprint(texts, tokenizer, max_length), num_proc=num_proc,
+                        desc="tokenizing")
+    return TokenSplit(encoded)
+
+
+def _encoding_fingerprint(texts: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    content = backend.to_str() if backend is not None else datasets.fingerprint.Hasher.hash(tokenizer)
+    key = "\n".join([ENCODING_VERSION, texts._fingerprint, content, str(tokenizer.eos_token_id), str(max_length)])
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def tokenizer_sample(train: datasets.Dataset, samples: int | None, seed: int, chunk: int = 10_000) -> Iterator[str]:
+    """The training sentences a tokenizer is trained on: all of them, in order, when there are at most ``samples``
+    (or ``samples`` is None); else ``samples`` of them drawn without replacement with ``seed`` (in corpus order)."""
+    texts = train.with_format("arrow")
+    if samples is None or len(train) <= samples:
+        for start in range(0, len(train), chunk):
+            yield from texts[start:start + chunk]["text"].to_pylist()
+        return
+    chosen = np.sort(np.random.default_rng(seed).choice(len(train), size=samples, replace=False))
+    for start in range(0, len(chosen), chunk):
+        yield from texts[chosen[start:start + chunk].tolist()]["text"].to_pylist()
+
+
+@dataclass
+class BatchPlan:
+    """Batches of row indices as flat numpy arrays: batch k is ``order[starts[k]:ends[k]]``. A plan of N sentences
+    takes about 12 bytes a sentence (a Python list of lists would take about 40)."""
+
+    order: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self.order[self.starts[k]:self.ends[k]]
+
+    def sizes(self) -> np.ndarray:
+        return self.ends - self.starts
+
+    def keep(self, mask: np.ndarray) -> BatchPlan:
+        """The plan with only the batches where ``mask`` is true, in the same order."""
+        return BatchPlan(self.order, self.starts[mask], self.ends[mask])
+
+
+def batch_plan(lengths, batch_size: int, *, shuffle: bool, seed: int | list[int] = 0, epoch: int = 0) -> BatchPlan:
+    """:func:`make_batches` as a :class:`BatchPlan` (the same batches in the same order), without Python lists."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sizes = np.asarray(lengths, dtype=np.int64)
+    if not shuffle:
+        starts = np.arange(0, len(sizes), batch_size, dtype=np.int64)
+        return BatchPlan(np.argsort(sizes, kind="stable"), starts, np.minimum(starts + batch_size, len(sizes)))
+    rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), epoch])  # seed: an int or a sequence of ints
+    order = rng.permutation(len(sizes))
+    pool = batch_size * POOL_BATCHES
+    starts, ends = [], []
+    for start in range(0, len(order), pool):
+        stop = min(start + pool, len(order))
+        members = order[start:stop]
+        order[start:stop] = members[np.argsort(sizes[members], kind="stable")]
+        pool_starts = np.arange(start, stop, batch_size, dtype=np.int64)
+        starts.append(pool_starts)
+        ends.append(np.minimum(pool_starts + batch_size, stop))
+    starts_all = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+    ends_all = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+    shuffled = rng.permutation(len(starts_all))
+    return BatchPlan(order, starts_all[shuffled], ends_all[shuffled])
+
+
+def make_batches(lengths, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> list[list[int]]:
     """Batches of sentence indices, each index exactly once, grouped by length so padding stays small.
 
     With ``shuffle``: the indices are shuffled, cut into pools of ``POOL_BATCHES`` batches, each pool is sorted by
     length and cut into batches, and the batch order is shuffled. The result depends only on (lengths, batch_size,
     seed, epoch), so a run resumed at batch k of an epoch sees the same batches. Without ``shuffle`` (evaluation):
-    all indices sorted by length, ties by index.
+    all indices sorted by length, ties by index. (:func:`batch_plan` gives the same batches as numpy arrays.)
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    sizes = np.asarray(lengths, dtype=np.int64)
-    if not shuffle:
-        return _cut(np.argsort(sizes, kind="stable"), batch_size)
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(sizes))
-    pool = batch_size * POOL_BATCHES
-    batches = []
-    for start in range(0, len(order), pool):
-        members = order[start:start + pool]
-        batches += _cut(members[np.argsort(sizes[members], kind="stable")], batch_size)
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def _cut(indices: np.ndarray, batch_size: int) -> list[list[int]]:
-    return [indices[start:start + batch_size].tolist() for start in range(0, len(indices), batch_size)]
+    plan = batch_plan(lengths, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+    return [plan[k].tolist() for k in range(len(plan))]
 
 
 def padding_waste(batches: list[list[int]], lengths: list[int]) -> float:
@@ -214,21 +373,193 @@ def collate(sequences: list[list[int]], pad_id: int, width: int = 0) -> dict[str
 @dataclass
 class Prepared:
     tokenizer: PreTrainedTokenizerBase
-    splits: dict[str, list[list[int]]]  # split -> token ids ending with EOS
+    splits: dict[str, TokenSplit]  # split -> token ids ending with EOS (Arrow-backed)
     stats: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> vars(SplitStats)
 
 
 def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase | None = None) -> Prepared:
-    """Load the splits, train the tokenizer on the training split (unless one is given), encode every split."""
-    texts, blank = load_texts(recipe.data)
+    """Load the splits, train the tokenizer on (a sample of) the training split unless one is given, encode every
+    split into the datasets cache."""
+    texts, blank = load_splits(recipe.data)
     if tokenizer is None:
-        tokenizer = build_tokenizer(recipe.tokenizer, texts["train"])
+        tokenizer = trained_tokenizer(recipe, texts["train"])
     splits, stats = {}, {}
     for name, items in texts.items():
-        ids, split_stats = encode(tokenizer, items, recipe.data.max_length)
-        split_stats.n_skipped_blank = blank.get(name, 0)
-        splits[name], stats[name] = ids, vars(split_stats)
+        split = encode_split(tokenizer, items, recipe.data.max_length, _num_proc(recipe.data, len(items)))
+        splits[name] = split
+        stats[name] = vars(SplitStats(n_sentences=len(split), n_skipped_blank=blank.get(name, 0),
+                                      n_truncated=split.n_truncated, n_tokens=int(split.lengths.sum())))
     return Prepared(tokenizer, splits, stats)
+
+
+def trained_tokenizer(recipe: Recipe, train: datasets.Dataset) -> PreTrainedTokenizerBase:
+    """build_tokenizer on :func:`tokenizer_sample` of the training split, kept next to the split in the datasets
+    cache (keyed by the split's fingerprint, the tokenizer section and the sampling seed), so a second run on the same
+    data reloads it instead of training it again. Pretrained and sentencepiece tokenizers are loaded as before."""
+    cfg = recipe.tokenizer
+    sampled = cfg.train_samples is not None and len(train) > cfg.train_samples
+    if cfg.kind in ("pretrained", "sentencepiece") or not train.cache_files:
+        return build_tokenizer(cfg, tokenizer_sample(train, cfg.train_samples, recipe.train.seed))
+    key = json.dumps([ENCODING_VERSION, train._fingerprint, dataclasses.asdict(cfg),
+                      recipe.train.seed if sampled else None], sort_keys=True)
+    folder = (Path(train.cache_files[0]["filename"]).parent / "textdvae-tokenizers" /
+              hashlib.sha256(key.encode("utf-8")).hexdigest()[:32])
+    if (folder / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(folder)
+    tokenizer = build_tokenizer(cfg, tokenizer_sample(train, cfg.train_samples, recipe.train.seed))
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process saved the same tokenizer first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer
+
+
+class TrainStream:
+    """The training split read as a stream (``data.streaming: true``): nothing downloaded or tokenized ahead.
+
+    Each process reads its own part of the stream (``datasets.distributed.split_dataset_by_node``) in windows of
+    ``data.shuffle_buffer`` sentences. A window is cleaned (stripped, blanks skipped) and tokenized, shuffled, cut into
+    pools of ``POOL_BATCHES`` batches, each pool sorted by length and cut into batches of ``batch_size`` rows, and the
+    window's batches shuffled: length bucketing inside a shuffle buffer, a function of (seed, rank, epoch, window).
+    :meth:`position` is the stream's state at the start of the current window (``IterableDataset.state_dict``) plus
+    the batches already taken from it, so :meth:`restore` re-reads that window and continues with the same batches.
+    At the end of the stream the next epoch starts from the beginning.
+    """
+
+    def __init__(self, open_stream, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, batch_size: int, *,
+                 seed: int, rank: int = 0, world: int = 1):
+        from datasets.distributed import split_dataset_by_node
+
+        self._open = lambda: split_dataset_by_node(open_stream(), rank=rank, world_size=world)
+        self.cfg, self.tokenizer, self.batch_size = cfg, tokenizer, batch_size
+        self.seed, self.rank = seed, rank
+        self.eos = _check_encoding(tokenizer, cfg.max_length)
+        self.epoch, self.window, self.taken = 0, 0, 0
+        self.counts = {"n_sentences": 0, "n_skipped_blank": 0, "n_truncated": 0, "n_tokens": 0}
+        self._window_start: dict | None = None  # the stream's state_dict before the current window
+        self._window_counts = dict(self.counts)  # counts before the current window
+        self._dataset, self._iterator, self._batches = None, None, []
+
+    def position(self) -> dict:
+        """Where this process's stream stands (JSON-serialisable): what :meth:`restore` needs."""
+        return {"epoch": self.epoch, "window": self.window, "taken": self.taken, "state": self._window_start,
+                "counts": self._window_counts}
+
+    def restore(self, position: dict) -> None:
+        """Continue from a :meth:`position`: the same window is read again and its first ``taken`` batches skipped."""
+        self.epoch, self.window = position["epoch"], position["window"]
+        self._dataset = self._open()
+        if position["state"] is not None:
+            self._dataset.load_state_dict(position["state"])
+        self._iterator = iter(self._dataset)
+        self.counts = dict(position["counts"])
+        self._fill(resume_state=position["state"])
+        self._batches, self.taken = self._batches[position["taken"]:], position["taken"]
+
+    def next_batch(self) -> list[list[int]]:
+        """This process's next batch of token ids."""
+        while not self._batches:
+            if self._iterator is None:  # the first batch of the run
+                self._dataset = self._open()
+                self._iterator = iter(self._dataset)
+            else:
+                self.window += 1
+            self._fill()
+        self.taken += 1
+        return self._batches.pop(0)
+
+    def _fill(self, resume_state: dict | None = None) -> None:
+        """Read one window and build its batches; at the end of the stream, start the next epoch."""
+        import copy
+
+        state = resume_state if resume_state is not None else copy.deepcopy(self._dataset.state_dict())
+        before = dict(self.counts)
+        texts = self._read_window()
+        if not texts and self.window == 0 and self.epoch == 0:
+            raise DataError(f"the streamed training split {self.cfg.train_split!r} has no sentences for process "
+                            f"{self.rank}; point data.data_files.train at more data or use fewer processes")
+        if not texts:  # the stream is exhausted: a new epoch from the beginning
+            self.epoch, self.window = self.epoch + 1, 0
+            self._dataset = self._open()  # the order within the stream is ours (windows seeded by epoch): no set_epoch
+            self._iterator = iter(self._dataset)
+            state, before = copy.deepcopy(self._dataset.state_dict()), dict(self.counts)
+            texts = self._read_window()
+        self._window_start, self._window_counts, self.taken = state, before, 0
+        ids, truncated = _encode_texts(self.tokenizer, texts, self.cfg.max_length, self.eos)
+        self.counts["n_sentences"] += len(ids)
+        self.counts["n_truncated"] += sum(truncated)
+        self.counts["n_tokens"] += sum(map(len, ids))
+        plan = batch_plan([len(x) for x in ids], self.batch_size, shuffle=True,
+                          seed=[self.seed, self.rank, self.window], epoch=self.epoch)
+        self._batches = [[ids[i] for i in plan[k]] for k in range(len(plan))]
+
+    def _read_window(self) -> list[str]:
+        column, texts, seen = self.cfg.text_column, [], 0
+        for example in self._iterator:
+            if column not in example:
+                raise DataError(f"data.text_column={column!r} is not a column of the streamed split "
+                                f"{self.cfg.train_split!r} (columns: {', '.join(example)}); set data.text_column")
+            value = example[column]
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"column {column!r} of the streamed split {self.cfg.train_split!r} holds "
+                                f"{type(value).__name__} values, not text; set data.text_column")
+            seen += 1
+            text = value.strip() if value is not None else ""
+            if text:
+                texts.append(text)
+            else:
+                self.counts["n_skipped_blank"] += 1
+            if seen >= self.cfg.shuffle_buffer:
+                break
+        return texts
+
+
+def prepare_stream(recipe: Recipe, tokenizer: PreTrainedTokenizerBase | None = None, *, rank: int = 0,
+                   world: int = 1) -> tuple[Prepared, TrainStream]:
+    """``data.streaming``: the training split as a :class:`TrainStream` (this process's part), the evaluation and
+    test splits (at most ``data.max_eval_samples`` sentences each, 10,000 by default) read from their streams into
+    Arrow. A tokenizer is trained on the first ``tokenizer.train_samples`` sentences of the training stream."""
+    cfg = recipe.data
+    _check_local_files(cfg)
+    replace = _REPLACE_OPTIONS.get(cfg.path, {}) if cfg.encoding_errors == "replace" else {}
+
+    def open_split(split: str):
+        return datasets.load_dataset(cfg.path, cfg.name, data_files=cfg.data_files, streaming=True, **replace,
+                                     **cfg.load_options)[split]
+
+    names = list(datasets.load_dataset(cfg.path, cfg.name, data_files=cfg.data_files, streaming=True, **replace,
+                                       **cfg.load_options))
+    if cfg.train_split not in names:
+        raise DataError(f"data.train_split={cfg.train_split!r} is not a split of {cfg.path!r} (splits: "
+                        f"{', '.join(names)}); set data.train_split to one of them")
+    splits, stats = {}, {}
+    for key, split in (("eval", cfg.eval_split), ("test", cfg.test_split)):
+        if split in names:
+            rows = open_split(split).take(cfg.max_eval_samples or 10_000)
+            texts = datasets.Dataset.from_dict({cfg.text_column: [r.get(cfg.text_column) for r in rows]})
+            splits[key], blank = _sentences(texts, cfg, split)
+            stats[key] = {"n_skipped_blank": blank}
+    if not splits:
+        raise DataError(f"data.streaming=true needs an evaluation or test split besides {cfg.train_split!r} (splits: "
+                        f"{', '.join(names)}); add data.data_files.validation or set data.eval_split")
+    if tokenizer is None:
+        limit = recipe.tokenizer.train_samples
+        sample = (text.strip() for text in (r.get(cfg.text_column) for r in
+                                            (open_split(cfg.train_split).take(limit) if limit else
+                                             open_split(cfg.train_split))) if text and text.strip())
+        tokenizer = build_tokenizer(recipe.tokenizer, sample)
+    prepared = Prepared(tokenizer, {}, {})
+    for key, texts in splits.items():
+        split = encode_split(tokenizer, texts, cfg.max_length)
+        prepared.splits[key] = split
+        prepared.stats[key] = {"n_sentences": len(split), "n_skipped_blank": stats[key]["n_skipped_blank"],
+                               "n_truncated": split.n_truncated, "n_tokens": int(split.lengths.sum())}
+    stream = TrainStream(lambda: open_split(cfg.train_split), cfg, tokenizer, recipe.train.batch_size // world,
+                         seed=recipe.train.seed, rank=rank, world=world)
+    return prepared, stream
 
 
 def configure_model_for_tokenizer(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> None:

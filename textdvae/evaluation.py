@@ -28,6 +28,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,15 +41,23 @@ logger = logging.getLogger(__name__)
 ACTIVE_THRESHOLD = 0.01  # nats (KL_i) and variance (AU), as in He et al. 2019
 
 
-def iterate_batches(seqs: list[list[int]], batch_size: int, pad_id: int, rank: int = 0,
+def iterate_batches(seqs, batch_size: int, pad_id: int, rank: int = 0,
                     world: int = 1) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
     """Length-sorted batches (little padding) of this process's rows; yields (indices, collated batch). Each process
     pads its rows to the width of the whole batch, so what depends on the width (the greedy reconstruction's length
-    limit) does not depend on the number of processes."""
-    for batch in data_lib.make_batches([len(s) for s in seqs], batch_size, shuffle=False):
-        rows = batch[rank::world]
+    limit) does not depend on the number of processes.
+
+    ``seqs``: a :class:`textdvae.data.TokenSplit` (its rows are fetched from Arrow one batch at a time) or a list of
+    token-id lists."""
+    arrow = isinstance(seqs, data_lib.TokenSplit)
+    lengths = seqs.lengths if arrow else np.asarray([len(s) for s in seqs], dtype=np.int64)
+    plan = data_lib.batch_plan(lengths, batch_size, shuffle=False)
+    for k in range(len(plan)):
+        batch = plan[k]
+        rows = batch[rank::world].tolist()
         if rows:
-            yield rows, data_lib.collate([seqs[i] for i in rows], pad_id, width=max(len(seqs[i]) for i in batch))
+            yield rows, data_lib.collate(seqs.rows(rows) if arrow else [seqs[i] for i in rows], pad_id,
+                                         width=int(lengths[batch].max()))
 
 
 def _reduce(accelerator, values: dict[str, Tensor]) -> dict[str, Tensor]:

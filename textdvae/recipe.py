@@ -49,10 +49,16 @@ class DataConfig:
     max_train_samples: int | None = None  # take the first n training sentences (quick runs, tests)
     max_eval_samples: int | None = None  # the same for the evaluation and test splits
     encoding_errors: str = "strict"  # non-UTF-8 bytes in local text files: strict (error naming file:line) | replace
+    num_proc: int | None = None  # processes that clean and tokenize the splits (datasets' map num_proc); None: one
+    # read the training split as a stream (no full download; for Hub-scale corpora): needs train.max_steps; the
+    # evaluation and test splits are read up to max_eval_samples (10,000 when unset)
+    streaming: bool = False
+    shuffle_buffer: int = 50_000  # streaming: sentences per window that is shuffled and length-bucketed
 
     def validate(self) -> None:
         _positive("data.max_length", self.max_length, minimum=2)
-        for key in ("max_train_samples", "max_eval_samples"):
+        _positive("data.shuffle_buffer", self.shuffle_buffer)
+        for key in ("max_train_samples", "max_eval_samples", "num_proc"):
             value = getattr(self, key)
             if value is not None:
                 _positive(f"data.{key}", value)
@@ -68,10 +74,15 @@ class TokenizerConfig:
     min_frequency: int = 1  # a word seen fewer times in train becomes <unk> (word) / is not merged (bpe)
     lowercase: bool = False
     name_or_path: str | None = None  # for kind=pretrained or kind=sentencepiece
+    # trained kinds read at most this many training sentences: all of them when the split is no larger, else a sample
+    # drawn with train.seed; None: the whole split (memory and time grow with it)
+    train_samples: int | None = 1_000_000
 
     def validate(self) -> None:
         check_choice("tokenizer.kind", self.kind, ("word", "bpe", "unigram", "pretrained", "sentencepiece"), RecipeError)
         _positive("tokenizer.vocab_size", self.vocab_size, minimum=8)
+        if self.train_samples is not None:
+            _positive("tokenizer.train_samples", self.train_samples)
         _positive("tokenizer.min_frequency", self.min_frequency)
         if self.kind in ("pretrained", "sentencepiece") and not self.name_or_path:
             raise RecipeError(f"tokenizer.kind={self.kind} needs tokenizer.name_or_path (a Hub id, folder or .model file)")
@@ -180,6 +191,12 @@ class Recipe:
                 f"train.target_rate={rate} nats is out of reach: {m.num_latents} latents of {m.num_categories} "
                 f"categories hold at most N log K = {m.num_latents * math.log(m.num_categories):.2f} nats; lower the "
                 "target or raise model.num_latents / model.num_categories")
+        if self.data.streaming and self.train.max_steps is None:
+            raise RecipeError("data.streaming=true reads the training split as a stream of unknown length: set "
+                              "train.max_steps as the budget (train.epochs needs the split's size)")
+        if self.data.streaming and self.data.max_train_samples is not None:
+            raise RecipeError("data.max_train_samples does not apply to data.streaming=true (the stream has no "
+                              "end to cut); drop it and bound the run with train.max_steps")
         if self.train.beta_schedule == "cyclical" and self.train.max_steps is None:
             raise RecipeError("train.beta_schedule=cyclical needs train.max_steps to place its cycles")
 

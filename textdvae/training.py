@@ -2,6 +2,8 @@
 
 Runs on accelerate, so the same code trains on a CPU, one GPU, or many processes (`accelerate launch`, `torchrun`).
 Every process builds the same global batches; each takes its rows of them (rank::world), DDP averages gradients.
+With ``data.streaming`` each process instead reads its own part of the training stream (:class:`textdvae.data.
+TrainStream`) in batches of ``batch_size / world`` rows, and the checkpoint records every process's stream position.
 Logging, checkpoints and the final model are written by the main process; validation and test metrics are summed
 over all processes' rows.
 
@@ -117,11 +119,23 @@ class Trainer:
         if self.cfg.resume and (self.ckpt_dir / "tokenizer").is_dir():  # the run's own vocabulary, never retrained
             from transformers import AutoTokenizer
             tokenizer = AutoTokenizer.from_pretrained(self.ckpt_dir / "tokenizer")
-        self.data = data_lib.prepare_data(recipe, tokenizer)
+        self.stream: data_lib.TrainStream | None = None  # data.streaming: this process's part of the training stream
+        if recipe.data.streaming and self.cfg.batch_size % self.world:
+            raise TrainingError(f"data.streaming=true splits train.batch_size={self.cfg.batch_size} evenly over the "
+                                f"{self.world} processes, each reading its own part of the stream: make it a multiple "
+                                f"of {self.world}")
+        with self.accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
+            if recipe.data.streaming:
+                self.data, self.stream = data_lib.prepare_stream(recipe, tokenizer, rank=self.rank, world=self.world)
+            else:
+                self.data = data_lib.prepare_data(recipe, tokenizer)
         data_lib.configure_model_for_tokenizer(recipe, self.data.tokenizer)
         self.model = TextDVAE(recipe.model)
-        self.lengths = [len(s) for s in self.data.splits["train"]]
-        self.batches_per_epoch = len(self.epoch_batches(0))
+        if self.stream is not None:  # a stream of unknown length: train.max_steps is the budget (recipe validation)
+            self.lengths, self.batches_per_epoch = None, None
+        else:
+            self.lengths = self.data.splits["train"].lengths  # numpy; token ids stay in Arrow until a batch needs them
+            self.batches_per_epoch = len(self.epoch_batches(0))
         if self.batches_per_epoch == 0:
             raise TrainingError(f"the training split has {len(self.lengths)} sentences, fewer than the "
                                 f"{self.world} processes; give it more data or use fewer processes")
@@ -144,12 +158,11 @@ class Trainer:
         # train.target_rate: beta is feedback on the KL (checkpointed with the run) instead of a schedule
         self.rate = RateController(self.cfg.target_rate) if self.cfg.target_rate is not None else None
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
+    def epoch_batches(self, epoch: int) -> data_lib.BatchPlan:
         """The global batches of one epoch: a function of (seed, epoch) only. With several processes a batch needs
         a row for each, so the (at most one per pool) smaller tail batches are dropped."""
-        batches = data_lib.make_batches(self.lengths, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed,
-                                        epoch=epoch)
-        return [b for b in batches if len(b) >= self.world]
+        plan = data_lib.batch_plan(self.lengths, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed, epoch=epoch)
+        return plan.keep(plan.sizes() >= self.world)
 
     # ---- setup ----------------------------------------------------------------------------------------------------
 
@@ -262,11 +275,14 @@ class Trainer:
         stop = False
         try:
             while self.step < self.total_steps and not stop:
-                epoch, position = divmod(self.batches_seen, self.batches_per_epoch)
-                if epoch != epoch_index:
-                    epoch_batches, epoch_index = self.epoch_batches(epoch), epoch
-                rows = epoch_batches[position][rank::world]
-                batch = data_lib.collate([self.data.splits["train"][i] for i in rows], pad_id)
+                if self.stream is not None:  # each process reads its own rows from its part of the stream
+                    batch = data_lib.collate(self.stream.next_batch(), pad_id)
+                else:
+                    epoch, position = divmod(self.batches_seen, self.batches_per_epoch)
+                    if epoch != epoch_index:
+                        epoch_batches, epoch_index = self.epoch_batches(epoch), epoch
+                    rows = epoch_batches[position][rank::world]
+                    batch = data_lib.collate(self.data.splits["train"].rows(rows), pad_id)
                 beta, tau = self.schedules(self.step)
                 self.model.train()
                 with acc.autocast():
@@ -431,8 +447,11 @@ class Trainer:
         split = "test" if "test" in self.data.splits else "eval" if "eval" in self.data.splits else "train"
         metrics = evaluate(self.unwrapped, self.data.splits[split], self.data.tokenizer, accelerator=self.accelerator,
                            batch_size=self.cfg.eval_batch_size, iw_samples=self.cfg.iw_samples, seed=self.cfg.seed)
+        data_stats = dict(self.data.stats)
+        if self.stream is not None:  # what this (the main) process read of the training stream
+            data_stats["train_stream"] = dict(self.stream.counts)
         metrics.update(split=split, step=self.step, num_processes=self.world, nonfinite_steps=self.nonfinite_total,
-                       data=self.data.stats)
+                       data=data_stats)
         if self.replicas_in_sync is not None:
             metrics["replicas_in_sync"] = self.replicas_in_sync
         return metrics
@@ -473,18 +492,23 @@ class Trainer:
         """checkpoints/step-XXXXXXX/: weights, optimizer, scheduler, every process's RNG states and the counters,
         written atomically (checkpointing.write_checkpoint); the oldest beyond train.keep_checkpoints are deleted."""
         rng = rng_state()
+        stream = self.stream.position() if self.stream is not None else None
         if self.world > 1:
             from accelerate.utils import gather_object
             rngs = gather_object([rng])  # every process's own streams, in rank order
+            streams = gather_object([stream]) if stream is not None else None
         else:
-            rngs = [rng]
+            rngs, streams = [rng], [stream] if stream is not None else None
         if not self.is_main:
             return
         folder = self.ckpt_dir / checkpoint_name(self.step)
         if folder.is_dir() and self._saved_step == self.step:
             return  # already saved at this step (Ctrl-C right after a periodic checkpoint)
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rngs}
-        write_checkpoint(folder, self.unwrapped.state_dict(), self._counters(), state)
+        counters = self._counters()
+        if streams is not None:  # data.streaming: every process's stream position, in rank order
+            counters["stream_positions"] = streams
+        write_checkpoint(folder, self.unwrapped.state_dict(), counters, state)
         self._saved_step = self.step
         prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
 
@@ -512,6 +536,12 @@ class Trainer:
             self._inform(f"note: {path} was written by {len(rngs)} processes, this run has {self.world}; training "
                          "continues, but not bitwise as the original run would have", warn=True)
         self.step, self.batches_seen = trainer["step"], trainer["batches_seen"]
+        if self.stream is not None:
+            positions = trainer.get("stream_positions") or []
+            if len(positions) != self.world:
+                raise TrainingError(f"checkpoint {path} holds the stream positions of {len(positions)} processes, this "
+                                    f"run has {self.world}; a streamed run resumes with the same number of processes")
+            self.stream.restore(positions[self.rank])
         self.best_elbo = trainer["best_elbo"]
         self.nonfinite_total, self.nonfinite_run = trainer["nonfinite_steps"], trainer["nonfinite_run"]
         self.log_lines, self.elapsed, self.running = trainer["log_lines"], trainer["elapsed_s"], trainer["running"]

@@ -1,0 +1,240 @@
+"""How data preparation and training scale with the corpus: peak memory, time to the first step, throughput.
+
+    python benchmarks/data_scale.py --sizes 100000 1000000            # measure, then write the JSON and the table
+    python benchmarks/data_scale.py --sizes 100000 --baseline /work/main  # also the same runs on another checkout
+    python benchmarks/data_scale.py --collect                          # rewrite the README table from the JSON
+
+Corpora: the local PTB training split (../shared/data/ptb/train.txt) repeated to N sentences, written under
+--workdir (runs/data_scale by default, never into the repository); validation and test are PTB's own. Each row is
+a child process (`--child`) that builds `textdvae.training.Trainer` for recipes/ptb_gru_lm.yaml on that corpus
+(one datasets cache per corpus) and trains --steps steps:
+
+* ``cold``: an empty datasets cache (load, clean, train the tokenizer, tokenize); ``warm``: the same again, cache
+  filled. Time to the first step = Trainer construction (all data preparation) + setup + the first step.
+* tokenization throughput: training-split sentences per second of `data.encode_split` (cold rows only).
+* steps/s over the steps after the first (from log.jsonl's elapsed_s); the warm row then swaps the training split
+  for Python lists of the same ids (the in-memory representation the data module used before) and trains the same
+  steps again: ``steps/s in memory``.
+* peak RSS: the child's own high-water mark (VmHWM) before that swap, so the in-memory copy is not counted.
+* ``--streaming``: a ``data.streaming=true`` row (cache ``none``): the training split read as a stream in windows of
+  ``data.shuffle_buffer`` sentences, its tokenizer trained on the stream's first ``tokenizer.train_samples``.
+
+With ``--baseline DIR`` the cold row also runs with DIR on PYTHONPATH (e.g. a checkout from before the Arrow data
+path): its peak RSS is the figure to compare. Times come from a shared, busy machine (one core shared by several
+jobs): read them as rough; the RSS figures do not depend on the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# the local PTB copy: beside the checkout (../shared/data/ptb), else the machine's shared folder
+PTB = next((p for p in (ROOT.parent / "shared" / "data" / "ptb", Path("/work/shared/data/ptb")) if p.is_dir()),
+           ROOT.parent / "shared" / "data" / "ptb")
+RESULTS = ROOT / "benchmarks" / "results" / "data_scale.json"
+MARKERS = ("<!-- data-scale: written by benchmarks/data_scale.py -->", "<!-- /data-scale -->")
+RECIPE = ROOT / "recipes" / "ptb_gru_lm.yaml"
+
+
+def write_corpus(folder: Path, n: int) -> Path:
+    """PTB's training sentences repeated (and cut) to n lines, in folder/train.txt (kept when already there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train.txt"
+    if path.is_file():
+        return path
+    lines = (PTB / "train.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    tmp = folder / ".train.txt.tmp"
+    with tmp.open("w", encoding="utf-8") as file:
+        written = 0
+        while written < n:
+            chunk = lines[:n - written]
+            file.writelines(chunk)
+            written += len(chunk)
+    tmp.replace(path)
+    return path
+
+
+def overrides(train: Path, output_dir: Path, steps: int, streaming: bool = False) -> list[str]:
+    return [*(["data.streaming=true"] if streaming else []), f"output_dir={output_dir}", "data.path=text",
+            "data.text_column=text", f"data.data_files.train={train}",
+            f"data.data_files.validation={PTB / 'valid.txt'}", f"data.data_files.test={PTB / 'test.txt'}",
+            "data.max_eval_samples=256", f"train.max_steps={steps}", "train.log_every=1", f"train.eval_every={steps}",
+            f"train.save_every={steps}", "train.warmup_steps=0", "train.log_with=[]"]
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def step_times(output_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+    return [r["elapsed_s"] for r in records if "elapsed_s" in r]
+
+
+def child(args) -> None:
+    """One measured run, in its own process; prints a JSON object on the last line of stdout."""
+    from textdvae import data as data_lib
+    from textdvae import recipe as recipe_lib
+    from textdvae.training import Trainer
+
+    result: dict = {}
+    encode_split = getattr(data_lib, "encode_split", None)
+    if encode_split is not None:  # time tokenization alone (absent in checkouts from before the Arrow data path)
+        spent = {"s": 0.0, "train_sentences": 0}
+
+        def timed(tokenizer, texts, *a, **k):
+            start = time.perf_counter()
+            out = encode_split(tokenizer, texts, *a, **k)
+            spent["s"] += time.perf_counter() - start
+            return out
+        data_lib.encode_split = timed
+    output_dir = Path(args.output_dir)
+    shutil.rmtree(output_dir, ignore_errors=True)
+    recipe = recipe_lib.load(RECIPE, overrides(Path(args.train), output_dir, args.steps, args.streaming))
+    start = time.perf_counter()
+    trainer = Trainer(recipe)
+    result["prepare_s"] = time.perf_counter() - start
+    trainer.setup()
+    setup_s = time.perf_counter() - start
+    trainer._loop_with_signal_handlers()
+    elapsed = step_times(output_dir)
+    result["first_step_s"] = setup_s + elapsed[0]
+    result["steps_per_s"] = (len(elapsed) - 1) / (elapsed[-1] - elapsed[0])
+    result["peak_rss_mb"] = peak_rss_mb()
+    stream = getattr(trainer, "stream", None)
+    result["n_train"] = stream.counts["n_sentences"] if stream is not None else len(trainer.lengths)
+    if encode_split is not None:
+        result["tokenize_s"] = spent["s"]
+    if args.in_memory:  # the same ids as Python lists, the same steps again
+        split = trainer.data.splits["train"]
+        trainer.data.splits["train"] = ListSplit(split.rows(range(len(split))))
+        (output_dir / "log.jsonl").unlink()
+        trainer.step, trainer.batches_seen, trainer.log_lines, trainer.elapsed = 0, 0, 0, 0.0
+        trainer._loop_with_signal_handlers()
+        elapsed = step_times(output_dir)
+        result["steps_per_s_in_memory"] = (len(elapsed) - 1) / (elapsed[-1] - elapsed[0])
+    print(json.dumps(result))
+
+
+class ListSplit(list):
+    """Token ids as a Python list of lists, with the row access the trainer uses."""
+
+    def rows(self, indices):
+        return [self[int(i)] for i in indices]
+
+
+def run_child(train: Path, output_dir: Path, cache: Path, steps: int, *, in_memory: bool = False,
+              streaming: bool = False, pythonpath: Path = ROOT) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(pythonpath), "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--train", str(train), "--output-dir",
+               str(output_dir), "--steps", str(steps)] + (["--in-memory"] if in_memory else []) + \
+        (["--streaming"] if streaming else [])
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"child failed ({proc.returncode}): {' '.join(command)}\n{stderr[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    return result
+
+
+def measure(args) -> list[dict]:
+    rows = []
+    for n in args.sizes:
+        folder = Path(args.workdir) / f"ptb_{n}"
+        train = write_corpus(folder, n)
+        cache = folder / "hf_cache"
+        if "cold" in args.caches:
+            shutil.rmtree(cache, ignore_errors=True)
+        for mode in args.caches:
+            result = run_child(train, folder / "run", cache, args.steps, in_memory=mode == "warm")
+            rows.append({"sentences": n, "code": "arrow", "cache": mode, **result})
+            print(json.dumps(rows[-1]), flush=True)
+        if args.streaming:  # the training split read as a stream: nothing cached, nothing tokenized ahead
+            result = run_child(train, folder / "run_stream", cache, args.steps, streaming=True)
+            rows.append({"sentences": n, "code": "streaming", "cache": "none", **result})
+            print(json.dumps(rows[-1]), flush=True)
+        if args.baseline:
+            base_cache = folder / "hf_cache_baseline"
+            shutil.rmtree(base_cache, ignore_errors=True)
+            result = run_child(train, folder / "run_baseline", base_cache, args.steps, pythonpath=Path(args.baseline))
+            rows.append({"sentences": n, "code": f"lists ({args.baseline})", "cache": "cold", **result})
+            print(json.dumps(rows[-1]), flush=True)
+            shutil.rmtree(base_cache, ignore_errors=True)
+    return rows
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| sentences | data path | cache | peak RSS | prepare | first step | tokenize | steps/s | "
+             "steps/s in memory |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cold = r.get("tokenize_s", 0) > 1 and r["cache"] == "cold"
+        tokenize = f"{r['n_train'] / r['tokenize_s']:,.0f} sent/s" if cold else ""
+        in_memory = f"{r['steps_per_s_in_memory']:.2f}" if "steps_per_s_in_memory" in r else ""
+        lines.append(f"| {r['sentences']:,} | {r['code']} | {r['cache']} | {r['peak_rss_mb'] / 1024:.2f} GB | "
+                     f"{r['prepare_s']:.1f} s | {r['first_step_s']:.1f} s | {tokenize} | {r['steps_per_s']:.2f} | "
+                     f"{in_memory} |")
+    return lines
+
+
+def write_readme(rows: list[dict], steps: int) -> None:
+    from ptb import replace_between  # noqa: E402  (benchmarks/ptb.py)
+    lines = [f"recipes/ptb_gru_lm.yaml on PTB's training sentences repeated to N, {steps} steps per row, one process, "
+             "OMP_NUM_THREADS=1; `python benchmarks/data_scale.py` (rows in benchmarks/results/data_scale.json). "
+             "Peak RSS is the training process's high-water mark (VmHWM, memory-mapped Arrow pages included) before "
+             "the in-memory comparison. `lists` rows: the data path before the Arrow change (every sentence a Python "
+             "str, every tokenized one a list of ints), run with `--baseline`. `streaming`: the first window of "
+             "`data.shuffle_buffer` (50,000) sentences is all those steps read. Times were taken on a machine whose "
+             "one free core was shared with other jobs (load ~10): read them as rough, the RSS as exact.",
+             "", *table(rows)]
+    replace_between(ROOT / "README.md", *MARKERS, lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--workdir", default=str(ROOT / "runs" / "data_scale"))
+    parser.add_argument("--caches", nargs="*", default=["cold", "warm"], choices=["cold", "warm"],
+                        help="the map-style rows to measure (the warm one needs the cold one before it)")
+    parser.add_argument("--streaming", action="store_true", help="also a data.streaming=true row per size")
+    parser.add_argument("--baseline", help="another checkout to run the cold rows with, e.g. one before this change")
+    parser.add_argument("--collect", action="store_true", help="only rewrite the README table from the JSON")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--train", help=argparse.SUPPRESS)
+    parser.add_argument("--output-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    if args.collect:
+        saved = json.loads(RESULTS.read_text())
+        return write_readme(saved["rows"], saved["steps"])
+    rows = measure(args)
+    if RESULTS.is_file():  # keep the rows of earlier runs that this one did not measure again
+        key = lambda r: (r["sentences"], r["code"], r["cache"])  # noqa: E731
+        fresh = {key(r) for r in rows}
+        rows = [r for r in json.loads(RESULTS.read_text())["rows"] if key(r) not in fresh] + rows
+        rows.sort(key=lambda r: (r["sentences"], r["code"] != "arrow", r["code"], r["cache"]))
+    RESULTS.write_text(json.dumps({"steps": args.steps, "rows": rows}, indent=2) + "\n")
+    write_readme(rows, args.steps)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
