@@ -26,6 +26,11 @@ from .recipe import DataConfig, Recipe
 from .tokenization import build_tokenizer
 
 POOL_BATCHES = 50  # make_batches sorts by length within pools of this many batches
+# A text is cut to max_length x MAX_CHARS_PER_TOKEN characters before it is tokenized, so one enormous line (a file
+# without newlines, a JSON record holding a whole book) cannot stall the tokenizer or fill the memory. Tokens of the
+# tokenizers used here average 2-8 characters, so the cut only drops text that max_length would drop anyway.
+MAX_CHARS_PER_TOKEN = 64
+BOM = "\ufeff"  # a UTF-8 byte-order mark some editors put at the start of a file: not part of the first sentence
 
 _TEXT_BUILDERS = ("text", "json", "csv")  # builders that read local text files, checked before loading
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".7z")  # datasets decompresses these: not checked
@@ -89,7 +94,7 @@ def _sentences(split_data: datasets.Dataset, cfg: DataConfig, split: str) -> tup
         raise DataError(f"column {column!r} of split {split!r} holds {kind} values, not text; set data.text_column to "
                         f"the one holding the sentences (columns: {', '.join(split_data.column_names)})")
     values = split_data.with_format("arrow")[column].to_pylist()
-    sentences = [text for text in (value.strip() for value in values if value is not None) if text]
+    sentences = [text for text in (value.lstrip(BOM).strip() for value in values if value is not None) if text]
     if not sentences:
         source = f" ({cfg.data_files[split]})" if cfg.data_files and split in cfg.data_files else ""
         raise DataError(f"split {split!r}{source} has no sentences ({len(values)} texts, all blank); point it at "
@@ -147,13 +152,19 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
     if eos is None:
         raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no eos_token; build it with "
                          "textdvae.tokenization.build_tokenizer")
-    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+    encoded = tokenizer(clip_characters(texts, max_length), add_special_tokens=False, return_attention_mask=False,
                         return_token_type_ids=False)["input_ids"] if texts else []
     sequences = [ids[:max_length - 1] + [eos] for ids in encoded]
     stats = SplitStats(n_sentences=len(sequences), n_skipped_blank=n_skipped_blank,
                        n_truncated=sum(len(ids) >= max_length for ids in encoded),
                        n_tokens=sum(map(len, sequences)))
     return sequences, stats
+
+
+def clip_characters(texts: list[str], max_length: int) -> list[str]:
+    """Each text cut to ``max_length * MAX_CHARS_PER_TOKEN`` characters (see MAX_CHARS_PER_TOKEN)."""
+    limit = max_length * MAX_CHARS_PER_TOKEN
+    return [text[:limit] for text in texts]
 
 
 def make_batches(lengths: list[int], batch_size: int, *, shuffle: bool, seed: int = 0,
