@@ -25,7 +25,7 @@ from textdvae import recipe as recipe_lib
 from textdvae.checkpointing import (RunLock, checkpoints_newest_first, clean_checkpoint_dir, prune_checkpoints,
                                     replace_dir, set_aside, temporary_name, write_json_atomic)
 from textdvae.recipe import RecipeError
-from textdvae.redact import is_credential_key, public_recipe
+from textdvae.redact import is_credential_key, public_recipe, without_credentials
 from textdvae.training import Trainer, TrainingError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -96,6 +96,8 @@ def test_credentials_and_local_paths_are_dropped_from_a_public_recipe(tmp_path):
                                               "urls": ["https://example.com/a.txt"]}
     assert public["model"] == raw["model"] and public["tokenizer"] == raw["tokenizer"]  # token ids are no tokens
     assert raw["data"]["load_options"]["token"] == SECRET  # the caller's recipe is left alone
+    trackers = without_credentials(raw)  # what experiment trackers get: no credentials, local paths kept
+    assert SECRET not in str(trackers) and trackers["data"]["data_files"]["test"] == "/srv/corpus/test.txt"
     assert [k for k in ("api_key", "AWS_SECRET_ACCESS_KEY", "hf_token", "credentials", "pad_token_id", "tokenizer",
                         "keep_checkpoints", "max_tokens") if is_credential_key(k)] == \
         ["api_key", "AWS_SECRET_ACCESS_KEY", "hf_token", "credentials"]
@@ -473,3 +475,11 @@ def test_push_borrows_the_parent_recipe_only_from_a_training_run(run, tmp_path):
     (final.parent / "log.jsonl").write_text("")  # now it is one: config.yaml reads as a recipe, and a log
     metrics, recipe, extras = _find_extras(final)
     assert recipe == {"output_dir": "x", "model": {}} and set(extras) == {"recipe.yaml", "metrics.json"}
+
+
+def test_eval_of_a_runs_final_folder_reads_the_runs_own_recipe(run, one_thread, capsys):
+    """final/recipe.yaml has its absolute data paths cut to file names; eval reads ../config.yaml instead."""
+    capsys.readouterr()
+    assert cli.main(["eval", str(run[0] / "final"), "data.max_eval_samples=10", "--split", "train",
+                     "--iw-samples", "2", "--plot", ""]) == 0, capsys.readouterr().err
+    assert "elbo" in capsys.readouterr().out.lower()

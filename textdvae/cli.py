@@ -97,7 +97,12 @@ def cmd_eval(args) -> int:
         raise InputError(f"--extra-metric {' '.join(args.extra_metric)}: `evaluate` downloads each metric's Python "
                          "script and runs it on this machine; add --allow-metric-code if you trust it")
     model, tokenizer = load_model(args.model, args.revision)
-    recipe_path = Path(args.model).expanduser() / "recipe.yaml"
+    from .hub import is_run_folder
+
+    folder = Path(args.model).expanduser()
+    recipe_path = folder / "recipe.yaml"
+    if is_run_folder(folder.resolve().parent):  # a run's final/: its config.yaml keeps the paths recipe.yaml drops
+        recipe_path = folder.resolve().parent / "config.yaml"
     if args.recipe:
         recipe_path = Path(args.recipe).expanduser()
     if not recipe_path.is_file():

@@ -339,7 +339,7 @@ def _find_extras(model_dir: Path) -> tuple[dict | None, dict | None, dict[str, b
     """Locate metrics and recipe for the card. Returns (metrics, recipe, extra files to upload).
 
     Looks in ``model_dir`` (``metrics.json``, ``recipe.yaml``) then, only when the parent is a textdvae training
-    run (:func:`_is_run_folder`), in the parent (``output_dir/metrics.json`` + ``output_dir/config.yaml``). The
+    run (:func:`is_run_folder`), in the parent (``output_dir/metrics.json`` + ``output_dir/config.yaml``). The
     recipe is always uploaded as ``recipe.yaml`` rewritten by :func:`textdvae.redact.public_recipe`; metrics found
     only in the parent are uploaded as ``metrics.json``.
     """
@@ -350,7 +350,7 @@ def _find_extras(model_dir: Path) -> tuple[dict | None, dict | None, dict[str, b
     extras: dict[str, bytes] = {}
     metrics = recipe = None
     parent = model_dir.resolve().parent
-    borrow = _is_run_folder(parent)
+    borrow = is_run_folder(parent)
     metric_files = [(model_dir / "metrics.json", None)] + ([(parent / "metrics.json", "metrics.json")] if borrow else [])
     recipe_files = [(model_dir / "recipe.yaml", None)] + ([(parent / "config.yaml", "recipe.yaml")] if borrow else [])
     for candidate, upload_as in metric_files:
@@ -383,7 +383,7 @@ def _find_extras(model_dir: Path) -> tuple[dict | None, dict | None, dict[str, b
     return metrics, recipe, extras
 
 
-def _is_run_folder(folder: Path) -> bool:
+def is_run_folder(folder: Path) -> bool:
     """A textdvae training run's output folder: a config.yaml that reads as a recipe, and checkpoints/ or log.jsonl."""
     import yaml
 

@@ -10,7 +10,8 @@ user puts ``token=`` or ``storage_options: {key, secret}``, and paths name the u
 * an absolute local path (``/...``, ``~...``, ``C:\\...``) becomes relative to the run folder when it lies inside
   it, else its last component (the file name), which says what the file was without saying where it lived.
 
-The local ``output_dir/config.yaml`` keeps the recipe as given: it is what resumes the run.
+The local ``output_dir/config.yaml`` keeps the recipe as given: it is what resumes the run. Experiment trackers get
+the recipe through :func:`without_credentials` (local paths kept).
 """
 
 from __future__ import annotations
@@ -42,6 +43,16 @@ def public_recipe(raw: dict[str, Any], run_dir: str | Path | None = None) -> dic
     if isinstance(raw.get("output_dir"), str):  # the run folder itself: its name only
         out["output_dir"] = Path(raw["output_dir"]).name or raw["output_dir"]
     return out
+
+
+def without_credentials(value: Any) -> Any:
+    """A copy of a mapping/list/str with only the credentials dropped (for experiment trackers, which upload the
+    hyperparameters but may keep local paths)."""
+    if isinstance(value, dict):
+        return {k: without_credentials(v) for k, v in value.items() if not is_credential_key(k)}
+    if isinstance(value, (list, tuple)):
+        return [without_credentials(v) for v in value]
+    return _URL_USERINFO.sub(r"\1", value) if isinstance(value, str) else value
 
 
 def _scrub(value: Any, root: Path | None) -> Any:

@@ -65,7 +65,7 @@ from .modeling import TextDVAE
 from .optim import build_optimizer, lr_lambda
 from .plots import code_usage_heatmap, plot_training_curves
 from .recipe import Recipe, resume_differences
-from .redact import public_recipe
+from .redact import public_recipe, without_credentials
 from .schedules import RateController, kl_weight, temperature
 
 logger = logging.getLogger(__name__)
@@ -262,7 +262,8 @@ class Trainer:
     def train(self) -> dict:
         try:
             self.setup()
-            self.accelerator.init_trackers(TRACKER_PROJECT, config=flat_config(self.recipe.raw))
+            # trackers such as wandb upload the hyperparameters: never the credentials in data.load_options
+            self.accelerator.init_trackers(TRACKER_PROJECT, config=flat_config(without_credentials(self.recipe.raw)))
         except BaseException:
             self.release()
             raise
