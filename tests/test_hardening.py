@@ -409,12 +409,13 @@ def hub():
         yield server
 
 
-def test_a_bad_token_stops_training_before_it_starts(hub, tmp_path):
+@pytest.mark.parametrize("token, message", [("hf_wrong", "invalid token"), ("hf_read", "token is read-only")])
+def test_a_bad_token_stops_training_before_it_starts(hub, tmp_path, token, message):
     out = tmp_path / "run"
     proc = run_cli_with_hub(["train", str(RECIPE), f"output_dir={out}", *TINY, "hub.repo_id=user/never"], hub,
-                            token="hf_wrong", cwd=ROOT)
+                            token=token, cwd=ROOT)
     assert proc.returncode == 2, proc.stderr
-    assert "invalid token" in proc.stderr and "Traceback" not in proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "log.jsonl").exists() and not (out / "checkpoints").exists()  # nothing trained
 
 

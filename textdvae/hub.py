@@ -511,7 +511,7 @@ def check_push_access(repo_id: str, token: str | None = None) -> str:
     api = HfApi(token=token)
     try:
         validate_repo_id(repo_id)
-        return api.whoami()["name"]
+        me = api.whoami()
     except (HFValidationError, HfHubHTTPError) as e:
         raise HubError(_explain(e, repo_id, api.endpoint)) from None
     except Exception as e:
@@ -521,6 +521,11 @@ def check_push_access(repo_id: str, token: str | None = None) -> str:
         if _is_network_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
             raise HubError(_explain(e, repo_id, api.endpoint)) from None
         raise
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise HubError(f"the Hub token is read-only, so the push to {repo_id} on {api.endpoint} would fail after "
+                       "training; use a token with the 'write' role (HF_TOKEN or `hf auth login`)")
+    return me["name"]
 
 
 def push_to_hub(
