@@ -19,9 +19,14 @@ Faults
   the next start. The newest ``train.keep_checkpoints`` are kept, plus ``checkpoints/best`` (best validation ELBO,
   the final model) and ``checkpoints/tokenizer`` (the run's vocabulary, reused on resume). A checkpoint is also
   written at the last step, so a run that dies in the final evaluation resumes straight into it.
+* One run per output folder: the main process holds ``output_dir/.lock`` (checkpointing.RunLock) from before the
+  data are loaded until train() ends; a second run into the folder is refused naming the holder.
 * ``train.resume=true`` continues from the newest checkpoint that loads. A newer one that cannot be read (a file
-  missing, truncated or corrupt) is skipped with a warning naming it and the reason; if none loads, training stops
-  with a :class:`TrainingError` listing them. ``log.jsonl`` is cut back to what the checkpoint had seen, so the log
+  missing, truncated or corrupt) is skipped with a warning naming it and the reason, and set aside as
+  ``step-XXXXXXX.unreadable``; if none loads, training stops with a :class:`TrainingError` listing them. The
+  checkpoint stores the resolved recipe: a resume that changes the data order or a schedule
+  (recipe.RESUME_SENSITIVE_KEYS) is refused listing the differences, unless ``train.resume_allow_changes`` names
+  them; ``config.yaml`` is written only after the checkpoint loaded. ``log.jsonl`` is cut back to what the checkpoint had seen, so the log
   continues without duplicate steps. On CPU a resumed run is bitwise identical to an uninterrupted one (same number
   of processes, ``OMP_NUM_THREADS`` and versions).
 * SIGINT (Ctrl-C) or SIGTERM (what schedulers and launchers send before killing): the current step finishes, a
@@ -29,6 +34,8 @@ Faults
   command that resumes; the CLI prints it and exits with 130 (SIGINT) or 143 (SIGTERM). A second signal more than
   2 s after the first aborts at once without saving (launchers forward the terminal's Ctrl-C, so the copies that
   arrive together count as one).
+* fp16 loss scaling: the scaler's state is checkpointed; a step the scaler skips (inf/nan gradients) moves neither
+  the step counter nor the LR, beta or tau, and is counted (``scaler_skips``).
 * A non-finite loss (or, without fp16 loss scaling, a non-finite gradient norm) skips its batch: no optimizer or
   scheduler step, so the step counter, the LR and the beta/tau schedules do not move, while the data position does
   (the batch is not retried). Skips are logged (``nonfinite_steps``); ``train.max_nonfinite_steps`` in a row stop
