@@ -86,6 +86,25 @@ _RUN_RECIPE_KEYS = {"output_dir", "model", "data", "tokenizer", "train", "hub"}
 # --------------------------------------------------------------------------------------- helpers
 
 
+def _redact():
+    """textdvae.redact (what of a recipe may be published). This file imports nothing else of the package, so that it
+    also loads standalone (tests/test_hub_server.py): then redact.py, which imports nothing either, is read from
+    beside it."""
+    try:
+        from . import redact
+        return redact
+    except ImportError:
+        import importlib.util
+        import sys
+
+        if "_textdvae_redact" not in sys.modules:
+            spec = importlib.util.spec_from_file_location("_textdvae_redact", Path(__file__).with_name("redact.py"))
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules["_textdvae_redact"] = module
+        return sys.modules["_textdvae_redact"]
+
+
 def _is_hub_dataset_id(path: Any) -> bool:
     if not isinstance(path, str) or "/" not in path:
         return False
@@ -217,8 +236,7 @@ def make_model_card(
     if recipe is not None and not isinstance(recipe, dict):
         raise TypeError(f"recipe must be a dict, got {type(recipe).__name__}")
     if recipe is not None:  # what a reader needs, never credentials or local paths
-        from .redact import public_recipe
-        recipe = public_recipe(recipe)
+        recipe = _redact().public_recipe(recipe)
 
     if repo_id:
         model_name = repo_id.split("/")[-1]
@@ -345,8 +363,7 @@ def _find_extras(model_dir: Path) -> tuple[dict | None, dict | None, dict[str, b
     """
     import yaml
 
-    from .redact import public_recipe
-
+    public_recipe = _redact().public_recipe
     extras: dict[str, bytes] = {}
     metrics = recipe = None
     parent = model_dir.resolve().parent
@@ -408,6 +425,9 @@ def _collect_files(model_dir: Path, include: list[str] | tuple[str, ...] = (), c
         rel = path.relative_to(model_dir).as_posix()
         if path.is_dir() and not path.is_symlink():
             continue
+        if path.suffix.lower() in FORBIDDEN_WEIGHT_SUFFIXES:  # refused even unasked: the folder is not what it seems
+            forbidden.append(rel)
+            continue
         wanted = (any(fnmatch.fnmatch(rel, pattern) for pattern in MODEL_FILES)
                   or (path.suffix.lower() in (".png", ".svg", ".jpg") and rel in card_text)
                   or any(fnmatch.fnmatch(rel, pattern) for pattern in include))
@@ -418,12 +438,8 @@ def _collect_files(model_dir: Path, include: list[str] | tuple[str, ...] = (), c
         if root not in target.parents:
             raise HubError(f"Refusing to push {model_dir}: {rel} is a symlink to {target}, outside the folder. "
                            "Copy the file into the folder (or remove the link) and try again.")
-        if not path.is_file():
-            continue
-        if path.suffix.lower() in FORBIDDEN_WEIGHT_SUFFIXES:
-            forbidden.append(rel)
-            continue
-        files.append((rel, path))
+        if path.is_file():
+            files.append((rel, path))
     if left_out:
         logger.info("not uploaded (not part of a model; name them with --include to send them): %s",
                     ", ".join(left_out))
