@@ -56,7 +56,7 @@ def test_final_folder_loads_with_its_tokenizer(run_dir):
 def test_python_dash_m_and_eval_json(run_dir, tmp_path):
     out = tmp_path / "m.json"
     proc = textdvae("eval", run_dir / "final", "--split", "validation", "--iw-samples", "4", "--json", out,
-                    "--extra-metric", "no_such_metric_here")
+                    "--extra-metric", "no_such_metric_here", "--allow-metric-code")
     metrics = json.loads(out.read_text())
     assert metrics["n_sentences"] == 40 and metrics["split"] == "validation"
     # the documented relations between the reported numbers hold, and stdout shows the JSON's figures

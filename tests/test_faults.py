@@ -158,11 +158,15 @@ def test_checkpoints_are_pruned_and_a_broken_newest_one_is_skipped(tmp_path, one
     assert resumed_trainer().step == 15
     err = capsys.readouterr().err
     assert "skipping checkpoint" in err and "step-0000020" in err and "state.pt is truncated or corrupt" in err
-    # a missing file in the only other one: nothing loads -> a clear error listing both
+    # once an older one loaded, the broken one is set aside: never picked again, kept for a look
+    assert "set aside unreadable checkpoint" in err
+    assert (ckpt / "step-0000020.unreadable").is_dir() and not (ckpt / "step-0000020").exists()
+    # a missing file in the only other one: nothing loads -> a clear error listing it and the one set aside
     (ckpt / "step-0000015" / "trainer.json").unlink()
-    with pytest.raises(TrainingError, match=r"(?s)no checkpoint .* can be read .*step-0000020: state.pt is truncated.*"
-                                            r"step-0000015: trainer.json missing"):
+    with pytest.raises(TrainingError, match=r"(?s)no checkpoint .* can be read .*step-0000015: trainer.json missing.*"
+                                            r"set aside earlier: step-0000020.unreadable"):
         resumed_trainer()
+    assert (ckpt / "step-0000015").is_dir()  # when none loads, none is set aside: the user decides
     # a new run into a folder with checkpoints is refused rather than mixed with them
     with pytest.raises(TrainingError, match="train.resume=true, or choose a new output_dir"):
         Trainer(recipe_lib.load(ROOT / RECIPE, args)).setup()

@@ -168,8 +168,10 @@ def test_push_to_hub_card_branch_and_untouched_folder(hub, tmp_path):
     final = write_model_folder(out / "final")
     metrics = {"elbo": -40.5, "nll": 39.0, "ppl": 17.2, "kl": 1.5, "mi": 0.8, "active_latents": 7, "rec_bleu": 61.0, "rec_token_acc": 0.83, "note": "x"}
     (out / "metrics.json").write_text(json.dumps(metrics))
-    recipe = {"data": {"path": "someone/sentences", "text_field": "text"}, "model": {"num_latents": 8}, "train": {"lr": 0.001, "steps": 100}}
+    recipe = {"output_dir": "run", "data": {"path": "someone/sentences", "text_field": "text"}, "model": {"num_latents": 8},
+              "train": {"lr": 0.001, "steps": 100}}
     (out / "config.yaml").write_text(yaml.safe_dump(recipe))
+    (out / "log.jsonl").write_text("")  # a training run's folder: its config.yaml and metrics.json are borrowed
     plain = write_model_folder(tmp_path / "plain")
     before = (tree_digest(out), tree_digest(plain))
 
@@ -205,7 +207,7 @@ emit({{"main": url_main, "again": url_again, "dev": url_dev, "plain": url_plain,
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert files[name] == (final / name).read_bytes()
     assert files["metrics.json"] == (out / "metrics.json").read_bytes()
-    assert files["recipe.yaml"] == (out / "config.yaml").read_bytes()
+    assert yaml.safe_load(files["recipe.yaml"]) == recipe  # rewritten by textdvae.redact.public_recipe
 
     readme = files["README.md"].decode()
     meta = _front_matter(readme)

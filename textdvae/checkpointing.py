@@ -6,9 +6,12 @@ own; :class:`textdvae.training.Trainer` decides *when* to save and what the coun
 * ``step-XXXXXXX/`` holds :data:`CHECKPOINT_FILES`: the weights (safetensors), ``state.pt`` (optimizer, LR scheduler,
   every process's RNG states; loaded with ``weights_only=True``) and ``trainer.json`` (the counters).
 * ``best/`` holds the weights and ``trainer.json`` (``step``, ``elbo``) of the best validation ELBO.
-* A folder is written into ``.NAME.tmp``, flushed to disk and renamed into place (:func:`replace_dir`), so a folder
-  that exists is complete; :func:`clean_checkpoint_dir` removes the leftovers of a killed run and finishes a rename a
-  kill interrupted.
+* A folder is written into ``.NAME.tmp-PID``, flushed to disk and renamed into place (:func:`replace_dir`), and the
+  parent folder is flushed after the rename, so a folder that exists is complete even after a power cut;
+  :func:`clean_checkpoint_dir` removes the leftovers of a killed run and finishes a rename a kill interrupted.
+* A checkpoint that cannot be read is set aside as ``step-XXXXXXX.unreadable`` (:func:`set_aside`), so it is never
+  picked again and never counted among the kept ones; pruning orders by step number, never by folder name.
+* :class:`RunLock`: one run per output folder, an ``fcntl.flock`` on ``output_dir/.lock`` held for the whole run.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +33,32 @@ COUNTER_KEYS = ("step", "batches_seen", "best_elbo", "nonfinite_steps", "nonfini
                 "running")  # what trainer.json must hold for a checkpoint to be resumable
 
 
+_STEP_FOLDER = re.compile(r"step-(\d+)")
+
+
 class CheckpointUnreadable(Exception):
     """A checkpoint folder whose files are missing, truncated or corrupt."""
+
+
+class RunLocked(RuntimeError):
+    """Another process holds the output folder's lock; the message names it."""
 
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:07d}"
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a checkpoint folder's name (step-0000120 -> 120), None for any other name."""
+    match = _STEP_FOLDER.fullmatch(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 def checkpoints_newest_first(ckpt_dir: Path) -> list[Path]:
-    """The checkpoint folders (step-XXXXXXX, complete by construction), newest first; temporary folders never."""
-    return sorted((p for p in Path(ckpt_dir).glob("step-*") if p.is_dir()), reverse=True)
+    """The checkpoint folders (step-N, complete by construction), by step number, newest first. Temporary and
+    set-aside folders never: past 10**7 steps names stop sorting as numbers do."""
+    found = [p for p in Path(ckpt_dir).glob("step-*") if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step, reverse=True)
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -68,7 +88,7 @@ def write_checkpoint(folder: Path, weights: dict[str, torch.Tensor], counters: d
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
+    tmp = temporary_name(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(weights, tmp / "model.safetensors")
@@ -104,15 +124,34 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     return weights, state, trainer
 
 
-def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` step-XXXXXXX folders (best/ and tokenizer/ are not step folders)."""
-    for old in sorted(Path(ckpt_dir).glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+def prune_checkpoints(ckpt_dir: Path, keep: int, written: Path | None = None) -> None:
+    """Delete all but the newest ``keep`` step folders, by step number (best/ and tokenizer/ are not step folders).
+    ``written``, the checkpoint just saved, is never deleted, even when an older run left higher step numbers."""
+    kept = checkpoints_newest_first(ckpt_dir)[:keep]
+    for old in checkpoints_newest_first(ckpt_dir):
+        if old not in kept and (written is None or old.resolve() != Path(written).resolve()):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint to ``NAME.unreadable`` (kept for inspection, never picked or pruned again)."""
+    path = Path(path)
+    target = path.with_name(f"{path.name}.unreadable")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(path, target)
+    fsync_dir(path.parent)
+    return target
+
+
+def temporary_name(target: Path) -> Path:
+    """``.NAME.tmp-PID``: where a folder is written before it is renamed into place; unique to this process."""
+    return Path(target).with_name(f".{Path(target).name}.tmp-{os.getpid()}")
 
 
 def clean_checkpoint_dir(ckpt_dir: Path) -> None:
-    """Remove what a killed run left half-done (.NAME.tmp), and finish an interrupted replace_dir (.NAME.old)."""
-    for tmp in Path(ckpt_dir).glob(".*.tmp"):
+    """Remove what a killed run left half-done (.NAME.tmp*), and finish an interrupted replace_dir (.NAME.old).
+    Call it only while holding the run's lock: another live run's temporary folders would go too."""
+    for tmp in Path(ckpt_dir).glob(".*.tmp*"):
         shutil.rmtree(tmp, ignore_errors=True)
     for old in Path(ckpt_dir).glob(".*.old"):
         target = old.with_name(old.name[1:-len(".old")])
@@ -154,7 +193,17 @@ def replace_dir(tmp: Path, target: Path) -> None:
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
+    fsync_dir(target.parent)  # the renames themselves reach the disk, not only the files
     shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (the names created, renamed or removed in it) to disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir_files(folder: Path) -> None:
@@ -176,12 +225,64 @@ def truncate_lines(path: Path, n: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     if len(lines) <= n and all(line.endswith("\n") for line in lines):
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line if line.endswith("\n") else line + "\n" for line in lines[:n]))
+    write_text_atomic(path, "".join(line if line.endswith("\n") else line + "\n" for line in lines[:n]))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` so that a kill or power cut leaves the old file or the new one, never a mix."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    with tmp.open("w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2))
+
+
+class RunLock:
+    """One run per output folder: an exclusive ``fcntl.flock`` on ``output_dir/.lock``, which holds the holder's
+    pid and host. The kernel drops the lock when the process dies, so a killed run never leaves a stale one."""
+
+    _held: dict[Path, "RunLock"] = {}  # folder -> the lock this process holds (a second Trainer in it reuses it)
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self._file = None
+
+    @classmethod
+    def acquire(cls, folder: Path) -> "RunLock":
+        import fcntl
+
+        key = Path(folder).resolve()
+        if key in cls._held:
+            return cls._held[key]
+        lock = cls(folder)
+        lock._file = open(lock.path, "a+")
+        try:
+            fcntl.flock(lock._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock._file.seek(0)
+            holder = lock._file.read().strip() or "another process"
+            lock._file.close()
+            raise RunLocked(f"{folder} is in use by {holder} (its lock file {lock.path} is held); wait for that run "
+                            "to end or stop it, or choose another output_dir") from None
+        lock._file.seek(0)
+        lock._file.truncate()
+        lock._file.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        lock._file.flush()
+        cls._held[key] = lock
+        return lock
+
+    def release(self) -> None:
+        import fcntl
+
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+        self._held.pop(self.path.parent.resolve(), None)

@@ -27,11 +27,15 @@ class ModelLoadError(RuntimeError):
 
 
 def load_model(name: str, revision: str | None = None):
-    """A local `final/` folder or a Hub repo id -> (model, tokenizer), in eval mode."""
+    """A local `final/` folder or a Hub repo id -> (model, tokenizer), in eval mode. Runs no code from the folder or
+    repo (trust_remote_code=False), reads safetensors weights only, and refuses a tokenizer that does not fit."""
     from transformers import AutoTokenizer
 
     from .modeling import IncompatibleWeightsError, TextDVAE
+    from .tokenization import TokenizerMismatch, check_tokenizer_fits
 
+    if name.startswith("~"):
+        name = str(Path(name).expanduser())
     path = Path(name)
     if path.exists() and not (path / "config.json").is_file():
         raise ModelLoadError(f"{name} is not a saved model: it has no config.json (pass a training run's final/ folder)")
@@ -39,8 +43,9 @@ def load_model(name: str, revision: str | None = None):
         raise ModelLoadError(f"model {name!r} not found: pass a local folder (a training run's final/) or a Hub repo id "
                              "such as user/model")
     try:
-        model = TextDVAE.from_pretrained(name, revision=revision)  # strict: a half-loaded model never decodes
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+        # strict (a half-loaded model never decodes), safetensors only, no repository code
+        model = TextDVAE.from_pretrained(name, revision=revision, use_safetensors=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=False)
     except OSError as err:
         from huggingface_hub import constants
         from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
@@ -59,6 +64,10 @@ def load_model(name: str, revision: str | None = None):
         if type(err).__name__ in ("SafetensorError", "HeaderTooLarge", "HeaderTooSmall", "InvalidHeaderDeserialization"):
             raise ModelLoadError(f"the weights of {name!r} are truncated or corrupt ({err}); re-download or re-train") from None
         raise
+    try:
+        check_tokenizer_fits(model.config, tokenizer)
+    except TokenizerMismatch as err:
+        raise ModelLoadError(f"{name}: {err}") from None
     model.tokenizer = tokenizer  # the one from this revision; saves loading it a second time
     model.eval()
     return model, tokenizer
@@ -80,10 +89,18 @@ def cmd_eval(args) -> int:
     from .data import prepare_data
     from .evaluation import evaluate, format_metrics
 
+    if args.extra_metric and not args.allow_metric_code:
+        raise InputError(f"--extra-metric {' '.join(args.extra_metric)}: `evaluate` downloads each metric's Python "
+                         "script and runs it on this machine; add --allow-metric-code if you trust it")
     model, tokenizer = load_model(args.model, args.revision)
-    recipe_path = Path(args.model) / "recipe.yaml"
+    from .hub import is_run_folder
+
+    folder = Path(args.model).expanduser()
+    recipe_path = folder / "recipe.yaml"
+    if is_run_folder(folder.resolve().parent):  # a run's final/: its config.yaml keeps the paths recipe.yaml drops
+        recipe_path = folder.resolve().parent / "config.yaml"
     if args.recipe:
-        recipe_path = Path(args.recipe)
+        recipe_path = Path(args.recipe).expanduser()
     if not recipe_path.is_file():
         raise ModelLoadError(f"{args.model} has no recipe.yaml saying where its data are; pass --recipe RECIPE.yaml "
                              "with a data section (and data.* overrides)")
@@ -115,11 +132,11 @@ def _texts(args) -> list[str]:
     for t in args.texts:
         texts += [line.strip() for line in sys.stdin if line.strip()] if t == "-" else [t]
     if args.file:
-        path = Path(args.file)
+        path = Path(args.file).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"--file {args.file} not found")
         try:
-            content = path.read_text(encoding="utf-8")
+            content = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first sentence
         except UnicodeDecodeError as err:
             raise InputError(f"--file {args.file} is not UTF-8 text ({err})") from None
         texts += [line.strip() for line in content.splitlines() if line.strip()]
@@ -327,7 +344,7 @@ def cmd_push(args) -> int:
     from .hub import push_to_hub
 
     url = push_to_hub(args.model_dir, args.repo_id, private=args.private, revision=args.revision,
-                      commit_message=args.commit_message)
+                      commit_message=args.commit_message, include=args.include)
     print(f"pushed {args.model_dir} to {url}")
     if args.space:
         from .hub import push_space
@@ -373,8 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipe", help="take the data section from this recipe instead of the model's own")
     p.add_argument("--extra-metric", action="append", default=[], metavar="NAME_OR_PATH",
-                   help="also score reconstructions with this Hugging Face `evaluate` metric (repeatable); skipped "
-                        "with a message when it cannot be loaded (evaluate fetches metric scripts from the Hub)")
+                   help="also score reconstructions with this Hugging Face `evaluate` metric (repeatable); evaluate "
+                        "downloads the metric's Python script and RUNS it, so this needs --allow-metric-code; skipped "
+                        "with a message when it cannot be loaded")
+    p.add_argument("--allow-metric-code", action="store_true",
+                   help="let --extra-metric run the metric scripts evaluate downloads")
     p.add_argument("--revision", help="Hub revision")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--plot", help="code-usage heatmap (latent x category) PNG; default beside --json, or "
@@ -440,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", action="store_true",
                    help="also create a Gradio Space of the same id whose app.py serves `textdvae demo REPO_ID` "
                    "(at --revision)")
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="also upload the folder's files matching this glob (repeatable); by default only what the "
+                        "model needs: weights, config, tokenizer, generation config, card, recipe.yaml, metrics.json")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("demo", help="a page in the browser to explore the code space (pip install 'textdvae[demo]')")

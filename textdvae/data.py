@@ -38,9 +38,14 @@ from .recipe import DataConfig, Recipe
 from .tokenization import build_tokenizer
 
 POOL_BATCHES = 50  # make_batches sorts by length within pools of this many batches
-ENCODING_VERSION = "textdvae-encode-1"  # part of the cache fingerprint of encoded splits: bump when encoding changes
+ENCODING_VERSION = "textdvae-encode-2"  # part of the cache fingerprint of encoded splits: bump when encoding changes
 _TOKEN_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
                                      "length": datasets.Value("int32"), "truncated": datasets.Value("bool")})
+# A text is cut to max_length x MAX_CHARS_PER_TOKEN characters before it is tokenized, so one enormous line (a file
+# without newlines, a JSON record holding a whole book) cannot stall the tokenizer or fill the memory. Tokens of the
+# tokenizers used here average 2-8 characters, so the cut only drops text that max_length would drop anyway.
+MAX_CHARS_PER_TOKEN = 64
+BOM = "\ufeff"  # a UTF-8 byte-order mark some editors put at the start of a file: not part of the first sentence
 
 _TEXT_BUILDERS = ("text", "json", "csv")  # builders that read local text files, checked before loading
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".7z")  # datasets decompresses these: not checked
@@ -125,7 +130,7 @@ def _sentences(split_data: datasets.Dataset, cfg: DataConfig, split: str) -> tup
 
 
 def _strip_batch(batch: dict[str, list], column: str) -> dict[str, list[str]]:
-    stripped = (value.strip() for value in batch[column] if value is not None)
+    stripped = (value.lstrip(BOM).strip() for value in batch[column] if value is not None)
     return {"text": [text for text in stripped if text]}
 
 
@@ -198,9 +203,15 @@ def _check_encoding(tokenizer: PreTrainedTokenizerBase, max_length: int) -> int:
 
 
 def _encode_texts(tokenizer, texts: list[str], max_length: int, eos: int) -> tuple[list[list[int]], list[bool]]:
-    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+    encoded = tokenizer(clip_characters(texts, max_length), add_special_tokens=False, return_attention_mask=False,
                         return_token_type_ids=False)["input_ids"] if texts else []
     return [with_eos(ids, max_length, eos) for ids in encoded], [len(ids) >= max_length for ids in encoded]
+
+
+def clip_characters(texts: list[str], max_length: int) -> list[str]:
+    """Each text cut to ``max_length * MAX_CHARS_PER_TOKEN`` characters (see MAX_CHARS_PER_TOKEN)."""
+    limit = max_length * MAX_CHARS_PER_TOKEN
+    return [text[:limit] for text in texts]
 
 
 def with_eos(ids: list[int], max_length: int, eos: int) -> list[int]:

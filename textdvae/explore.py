@@ -28,11 +28,11 @@ def max_tokens(model) -> int:
 def tokenize(model, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
     """Texts -> right-padded ids ending with EOS, as in training. Empty texts are refused, long ones truncated to
     `max_length` tokens (EOS included; default: what the model's positions allow)."""
-    from .data import collate, with_eos
+    from .data import clip_characters, collate, with_eos
 
     texts = _check_texts(texts)
     limit = min(max_length or max_tokens(model), max_tokens(model))
-    ids = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    ids = model.tokenizer(clip_characters(list(texts), limit), add_special_tokens=False)["input_ids"]
     seqs = [with_eos(s, limit, model.config.eos_token_id) for s in ids]
     batch = collate(seqs, model.config.pad_token_id)
     return {k: v.to(model.device) for k, v in batch.items()}

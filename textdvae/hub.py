@@ -3,20 +3,29 @@
 The local folder is never modified: the model card (``README.md``) and the extra files found next
 to it (metrics / training recipe) are sent as in-memory bytes in the same single commit.
 
+What is uploaded is a known list (:data:`MODEL_FILES`, the plots the card shows) plus what the caller names with
+``include``; symlinks that leave the folder are refused, pickle-based weights are never sent, and the recipe goes out
+as :func:`textdvae.redact.public_recipe` makes it (no credentials, no absolute local paths). A push that fails after
+creating its repo deletes that repo again. :func:`check_push_access` checks a repo id and the token up front.
+
 This module deliberately does not import torch: the parameter count is read from the safetensors
 header.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import logging
 import math
 import re
 import struct
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HubError", "generation_config_dict", "make_model_card", "push_space", "push_to_hub"]
+__all__ = ["HubError", "check_push_access", "generation_config_dict", "make_model_card", "push_space", "push_to_hub"]
+
+logger = logging.getLogger(__name__)
 
 
 class HubError(Exception):
@@ -66,12 +75,37 @@ _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+$")
 # Weight formats we refuse to publish (pickle-based); textdvae ships safetensors only.
 FORBIDDEN_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
-# Never uploaded from the model folder.
-_IGNORED_DIRS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
-_IGNORED_FILES = {".DS_Store"}
+# What a model folder uploads without being asked: weights (one file or shards with their index), config, tokenizer
+# files, generation config, the card, the recipe and metrics. Anything else only when named with `include`.
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
+               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+               "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja",
+               "generation_config.json", "README.md", "recipe.yaml", "metrics.json")
+# The top-level keys of a textdvae recipe (textdvae.recipe; not imported here, which would import transformers):
+# ../config.yaml is borrowed only from a folder that is a training run's.
+_RUN_RECIPE_KEYS = {"output_dir", "model", "data", "tokenizer", "train", "hub"}
 
 
 # --------------------------------------------------------------------------------------- helpers
+
+
+def _redact():
+    """textdvae.redact (what of a recipe may be published). This file imports nothing else of the package, so that it
+    also loads standalone (tests/test_hub_server.py): then redact.py, which imports nothing either, is read from
+    beside it."""
+    try:
+        from . import redact
+        return redact
+    except ImportError:
+        import importlib.util
+        import sys
+
+        if "_textdvae_redact" not in sys.modules:
+            spec = importlib.util.spec_from_file_location("_textdvae_redact", Path(__file__).with_name("redact.py"))
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules["_textdvae_redact"] = module
+        return sys.modules["_textdvae_redact"]
 
 
 def _is_hub_dataset_id(path: Any) -> bool:
@@ -240,6 +274,8 @@ def make_model_card(
     recipe = recipe or None
     if recipe is not None and not isinstance(recipe, dict):
         raise TypeError(f"recipe must be a dict, got {type(recipe).__name__}")
+    if recipe is not None:  # what a reader needs, never credentials or local paths
+        recipe = _redact().public_recipe(recipe)
 
     if repo_id:
         model_name = repo_id.split("/")[-1]
@@ -351,15 +387,21 @@ def make_model_card(
 def _find_extras(model_dir: Path) -> tuple[dict | None, dict | None, dict[str, bytes]]:
     """Locate metrics and recipe for the card. Returns (metrics, recipe, extra files to upload).
 
-    Looks in ``model_dir`` (``metrics.json``, ``recipe.yaml``) then in its parent, which is the layout of
-    a training output dir (``output_dir/final/`` + ``output_dir/metrics.json`` + ``output_dir/config.yaml``).
-    Files found only in the parent are uploaded too, as ``metrics.json`` and ``recipe.yaml``.
+    Looks in ``model_dir`` (``metrics.json``, ``recipe.yaml``) then, only when the parent is a textdvae training
+    run (:func:`is_run_folder`), in the parent (``output_dir/metrics.json`` + ``output_dir/config.yaml``). The
+    recipe is always uploaded as ``recipe.yaml`` rewritten by :func:`textdvae.redact.public_recipe`; metrics found
+    only in the parent are uploaded as ``metrics.json``.
     """
     import yaml
 
+    public_recipe = _redact().public_recipe
     extras: dict[str, bytes] = {}
     metrics = recipe = None
-    for candidate, upload_as in ((model_dir / "metrics.json", None), (model_dir.parent / "metrics.json", "metrics.json")):
+    parent = model_dir.resolve().parent
+    borrow = is_run_folder(parent)
+    metric_files = [(model_dir / "metrics.json", None)] + ([(parent / "metrics.json", "metrics.json")] if borrow else [])
+    recipe_files = [(model_dir / "recipe.yaml", None)] + ([(parent / "config.yaml", "recipe.yaml")] if borrow else [])
+    for candidate, upload_as in metric_files:
         if candidate.is_file():
             raw = candidate.read_bytes()
             try:
@@ -369,7 +411,7 @@ def _find_extras(model_dir: Path) -> tuple[dict | None, dict | None, dict[str, b
             if upload_as:
                 extras[upload_as] = raw
             break
-    for candidate, upload_as in ((model_dir / "recipe.yaml", None), (model_dir.parent / "config.yaml", "recipe.yaml")):
+    for candidate, upload_as in recipe_files:
         if candidate.is_file():
             raw = candidate.read_bytes()
             try:
@@ -378,28 +420,60 @@ def _find_extras(model_dir: Path) -> tuple[dict | None, dict | None, dict[str, b
                 raise HubError(f"{candidate} is not valid YAML ({e}); fix or remove it before pushing.") from e
             if recipe is not None and not isinstance(recipe, dict):
                 recipe = None
-            if upload_as:
-                extras[upload_as] = raw
+            if recipe is not None:
+                public = public_recipe(recipe, parent)
+                if public != recipe or upload_as:  # as written when it is already fit to publish (training's is)
+                    extras["recipe.yaml"] = yaml.safe_dump(public, sort_keys=False, allow_unicode=True).encode("utf-8")
+                recipe = public
             break
     if metrics is not None and not isinstance(metrics, dict):
         metrics = None
     return metrics, recipe, extras
 
 
-def _collect_files(model_dir: Path) -> list[tuple[str, Path]]:
-    """(path in repo, local path) for every file to upload; refuses pickle-based weights."""
+def is_run_folder(folder: Path) -> bool:
+    """A textdvae training run's output folder: a config.yaml that reads as a recipe, and checkpoints/ or log.jsonl."""
+    import yaml
+
+    config = folder / "config.yaml"
+    if not config.is_file() or not ((folder / "checkpoints").is_dir() or (folder / "log.jsonl").is_file()):
+        return False
+    try:
+        raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and "output_dir" in raw and "model" in raw and set(raw) <= _RUN_RECIPE_KEYS
+
+
+def _collect_files(model_dir: Path, include: list[str] | tuple[str, ...] = (), card_text: str = "") -> list[tuple[str, Path]]:
+    """(path in repo, local path) of the files to upload: :data:`MODEL_FILES`, images the card shows, and files
+    matching an ``include`` glob. Refuses pickle-based weights and symlinks that point outside ``model_dir``."""
     files: list[tuple[str, Path]] = []
     forbidden: list[str] = []
+    root = model_dir.resolve()
+    left_out = []
     for path in sorted(model_dir.rglob("*")):
-        rel = path.relative_to(model_dir)
-        if any(part in _IGNORED_DIRS for part in rel.parts[:-1]) or rel.parts[0] in _IGNORED_DIRS:
+        rel = path.relative_to(model_dir).as_posix()
+        if path.is_dir() and not path.is_symlink():
             continue
-        if not path.is_file() or path.name in _IGNORED_FILES or path.suffix == ".pyc":
+        if path.suffix.lower() in FORBIDDEN_WEIGHT_SUFFIXES:  # refused even unasked: the folder is not what it seems
+            forbidden.append(rel)
             continue
-        if path.suffix.lower() in FORBIDDEN_WEIGHT_SUFFIXES:
-            forbidden.append(rel.as_posix())
+        wanted = (any(fnmatch.fnmatch(rel, pattern) for pattern in MODEL_FILES)
+                  or (path.suffix.lower() in (".png", ".svg", ".jpg") and rel in card_text)
+                  or any(fnmatch.fnmatch(rel, pattern) for pattern in include))
+        if not wanted:
+            left_out.append(rel)
             continue
-        files.append((rel.as_posix(), path))
+        target = path.resolve()  # a symlink (or a file in a symlinked folder) may lead anywhere
+        if root not in target.parents:
+            raise HubError(f"Refusing to push {model_dir}: {rel} is a symlink to {target}, outside the folder. "
+                           "Copy the file into the folder (or remove the link) and try again.")
+        if path.is_file():
+            files.append((rel, path))
+    if left_out:
+        logger.info("not uploaded (not part of a model; name them with --include to send them): %s",
+                    ", ".join(left_out))
     if forbidden:
         raise HubError(
             f"Refusing to push {model_dir}: it contains pickle-based files ({', '.join(forbidden)}). "
@@ -474,6 +548,33 @@ def _is_network_error(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError))
 
 
+def check_push_access(repo_id: str, token: str | None = None) -> str:
+    """Check ``repo_id``'s syntax and that the token (``token``, else HF_TOKEN or the saved login) is valid on the
+    configured endpoint, before anything long runs; returns the token's user name. Raises :class:`HubError`."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    api = HfApi(token=token)
+    try:
+        validate_repo_id(repo_id)
+        me = api.whoami()
+    except (HFValidationError, HfHubHTTPError) as e:
+        raise HubError(_explain(e, repo_id, api.endpoint)) from None
+    except Exception as e:
+        if type(e).__name__ == "LocalTokenNotFoundError":
+            raise HubError(f"hub.repo_id={repo_id} pushes at the end of training, but no Hub token is set: set "
+                           f"HF_TOKEN or run `hf auth login`, or drop hub.repo_id") from None
+        if _is_network_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
+            raise HubError(_explain(e, repo_id, api.endpoint)) from None
+        raise
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise HubError(f"the Hub token is read-only, so the push to {repo_id} on {api.endpoint} would fail after "
+                       "training; use a token with the 'write' role (HF_TOKEN or `hf auth login`)")
+    return me["name"]
+
+
 def push_to_hub(
     model_dir: str | Path,
     repo_id: str,
@@ -484,6 +585,7 @@ def push_to_hub(
     token: str | None = None,
     metrics: dict | None = None,
     recipe: dict | None = None,
+    include: list[str] | tuple[str, ...] = (),
 ) -> str:
     """Push a saved textdvae model folder to the Hub as ONE commit (files + generated ``README.md``).
 
@@ -492,7 +594,8 @@ def push_to_hub(
     has none. Metrics and recipe for the card are read from ``model_dir/metrics.json``
     and ``model_dir/recipe.yaml``, else ``model_dir.parent/metrics.json`` and
     ``model_dir.parent/config.yaml`` (training output layout ``output_dir/final/``); the latter are
-    uploaded as ``metrics.json`` / ``recipe.yaml``. A ``README.md`` in ``model_dir`` is replaced by the
+    uploaded as ``metrics.json`` / ``recipe.yaml``. Only the files a model needs are sent (:data:`MODEL_FILES`),
+    plus those matching an ``include`` glob. A ``README.md`` in ``model_dir`` is replaced by the
     generated card in the repo (the local folder is never modified). ``revision`` is created as a branch
     (from ``main``) if needed. ``token`` defaults to huggingface_hub's own resolution (``HF_TOKEN`` or
     the saved login). ``metrics`` / ``recipe`` given here are used (and uploaded as ``metrics.json`` /
@@ -518,7 +621,6 @@ def push_to_hub(
             "tokenizer.save_pretrained(folder) (training runs do this in final/), or push the model object with "
             "model.push_to_hub(repo_id)."
         )
-    files = _collect_files(model_dir)
     found_metrics, found_recipe, extras = _find_extras(model_dir)
     if metrics is not None:
         if not isinstance(metrics, dict):
@@ -550,6 +652,7 @@ def push_to_hub(
         raise HubError(_explain(e, repo_id, endpoint)) from None
 
     card = make_model_card(model_dir, metrics=metrics, recipe=recipe, repo_id=repo_id)
+    files = _collect_files(model_dir, include, card)
     operations = [
         CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path))
         for rel, path in files
@@ -558,18 +661,30 @@ def push_to_hub(
     operations += [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=data) for rel, data in extras.items()]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
 
+    created = None  # the repo this push created: deleted again if the push fails
     try:
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-        full_id = repo_url.repo_id or repo_id
-        if revision and revision != "main" and not revision.startswith("refs/"):
-            api.create_branch(full_id, branch=revision, exist_ok=True, token=token)
-        info = api.create_commit(
-            full_id,
-            operations,
-            commit_message=commit_message or "Upload textdvae model",
-            revision=revision,
-            token=token,
-        )
+        try:
+            existed = api.repo_exists(repo_id, token=token)
+            repo_url = api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+            full_id = repo_url.repo_id or repo_id
+            created = None if existed else full_id
+            if revision and revision != "main" and not revision.startswith("refs/"):
+                api.create_branch(full_id, branch=revision, exist_ok=True, token=token)
+            info = api.create_commit(
+                full_id,
+                operations,
+                commit_message=commit_message or "Upload textdvae model",
+                revision=revision,
+                token=token,
+            )
+        except BaseException:
+            if created is not None:  # leave no half-created repo behind
+                try:
+                    api.delete_repo(created, token=token)
+                except Exception as e:  # noqa: BLE001 - the push's own error is the one to report
+                    logger.warning("the push failed and the repo %s it created could not be deleted (%r); delete "
+                                   "it on the Hub", created, e)
+            raise
     except HubError:
         raise
     except (HFValidationError, HfHubHTTPError) as e:

@@ -464,7 +464,8 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
             if not source:
                 raise ValueError("this model has no tokenizer: it was not loaded with from_pretrained(); assign one "
                                  "with `model.tokenizer = tokenizer`")
-            self._tokenizer = AutoTokenizer.from_pretrained(source, **getattr(self, "_tokenizer_kwargs", {}))
+            self._tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False,
+                                                            **getattr(self, "_tokenizer_kwargs", {}))
         return self._tokenizer
 
     @tokenizer.setter

@@ -58,6 +58,7 @@ class DataConfig:
     def validate(self) -> None:
         _positive("data.max_length", self.max_length, minimum=2)
         _positive("data.shuffle_buffer", self.shuffle_buffer)
+        self.data_files = _expand_user(self.data_files)
         for key in ("max_train_samples", "max_eval_samples", "num_proc"):
             value = getattr(self, key)
             if value is not None:
@@ -86,6 +87,8 @@ class TokenizerConfig:
         _positive("tokenizer.min_frequency", self.min_frequency)
         if self.kind in ("pretrained", "sentencepiece") and not self.name_or_path:
             raise RecipeError(f"tokenizer.kind={self.kind} needs tokenizer.name_or_path (a Hub id, folder or .model file)")
+        if self.name_or_path and self.name_or_path.startswith("~"):
+            self.name_or_path = str(Path(self.name_or_path).expanduser())
 
 
 @dataclass
@@ -127,8 +130,21 @@ class TrainConfig:
     # writes TensorBoard events to output_dir/textdvae/ when tensorboard is installed (pip install
     # 'textdvae[tensorboard]'); a named tracker that is not installed gets a warning and is left out; [] logs to none.
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # A resume refuses a recipe that differs from the checkpoint's in what sets the data order or the schedules
+    # (RESUME_SENSITIVE_KEYS); name the dotted keys (e.g. [train.max_steps]) or sections ([data]) you mean to change.
+    resume_allow_changes: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
+        for f in dataclasses.fields(self):  # nan passes every `< 0` check and inf every `> 0` one
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value) and f.name != "target_rate":  # checked below
+                raise RecipeError(f"train.{f.name} must be a finite number, got {value}")
+        if not 0 <= self.seed < 2**32:
+            raise RecipeError(f"train.seed must be in [0, 2**32) (numpy's and torch's seed range), got {self.seed}")
+        for key in self.resume_allow_changes:
+            if key not in RESUME_SENSITIVE_KEYS and key not in {k.split(".")[0] for k in RESUME_SENSITIVE_KEYS}:
+                raise RecipeError(f"train.resume_allow_changes names {key!r}, which a resume does not check; it takes "
+                                  f"{', '.join(RESUME_SENSITIVE_KEYS)} or the section data")
         for key in ("batch_size", "eval_batch_size", "eval_every", "save_every", "log_every", "keep_checkpoints", "iw_samples",
                     "max_nonfinite_steps", "beta_cycles"):
             _positive(f"train.{key}", getattr(self, key))
@@ -165,6 +181,20 @@ class HubConfig:
     private: bool = False
     revision: str | None = None
 
+    def validate(self) -> None:
+        if self.repo_id is None:
+            return
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+        try:
+            validate_repo_id(self.repo_id)
+        except HFValidationError as err:
+            raise RecipeError(f"hub.repo_id={self.repo_id!r} is not a Hub repository id ({err}); use namespace/name, "
+                              "e.g. hub.repo_id=your-user/my-model") from None
+        if "/" not in self.repo_id:
+            raise RecipeError(f"hub.repo_id={self.repo_id!r} needs a namespace: your user or organization, a slash, "
+                              "then the name, e.g. hub.repo_id=your-user/my-model")
+
 
 @dataclass
 class Recipe:
@@ -197,8 +227,34 @@ class Recipe:
         if self.data.streaming and self.data.max_train_samples is not None:
             raise RecipeError("data.max_train_samples does not apply to data.streaming=true (the stream has no "
                               "end to cut); drop it and bound the run with train.max_steps")
+        if ("transformer" in (m.encoder_type, m.decoder_type) and self.data.max_length > m.max_position_embeddings):
+            raise RecipeError(f"data.max_length={self.data.max_length} tokens exceeds model.max_position_embeddings="
+                              f"{m.max_position_embeddings}, the longest sequence a Transformer can take; lower "
+                              "data.max_length or raise model.max_position_embeddings")
         if self.train.beta_schedule == "cyclical" and self.train.max_steps is None:
             raise RecipeError("train.beta_schedule=cyclical needs train.max_steps to place its cycles")
+
+
+# What a resume compares with the recipe stored in the checkpoint: these set the data order, the number of steps or
+# a schedule, so a changed value would make the resumed run a different run than the one the checkpoint belongs to.
+RESUME_SENSITIVE_KEYS = ("train.seed", "train.batch_size", "train.max_steps", "train.epochs", "train.lr",
+                         "train.lr_schedule", "train.warmup_steps", "train.beta_schedule", "train.beta_max",
+                         "train.beta_warmup_steps", "train.beta_cycles", "train.beta_ratio", "train.tau_start",
+                         "train.tau_min", "train.tau_decay", "train.target_rate", "data")
+
+
+def resume_differences(stored: dict[str, Any], current: dict[str, Any], allowed: list[str]) -> list[str]:
+    """``key: stored -> current`` for each RESUME_SENSITIVE_KEYS entry (a section: each of its keys) that differs
+    between two resolved recipes and is not named (or its section) in ``allowed``."""
+    out = []
+    for key in RESUME_SENSITIVE_KEYS:
+        section, _, name = key.partition(".")
+        old, new = stored.get(section) or {}, current.get(section) or {}
+        names = [name] if name else sorted(set(old) | set(new))
+        for n in names:
+            if old.get(n) != new.get(n) and f"{section}.{n}" not in allowed and section not in allowed:
+                out.append(f"{section}.{n}: {old.get(n)!r} -> {new.get(n)!r}")
+    return out
 
 
 _SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "train": TrainConfig, "hub": HubConfig}
@@ -263,7 +319,8 @@ def from_dict(raw: dict[str, Any]) -> Recipe:
         model = TextDVAEConfig(vocab_size=provisional_vocab, **model_values)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"invalid model section: {err}") from None
-    recipe = Recipe(output_dir=str(raw["output_dir"]), model=model, raw=resolved(raw, sections, model), **sections)
+    raw["output_dir"] = str(Path(str(raw["output_dir"])).expanduser())
+    recipe = Recipe(output_dir=raw["output_dir"], model=model, raw=resolved(raw, sections, model), **sections)
     recipe.validate_combination()
     return recipe
 
@@ -325,6 +382,17 @@ def _is_a(value: Any, hint: Any) -> bool:
     if origin is dict and args:
         return all(_is_a(k, args[0]) and _is_a(v, args[1]) for k, v in value.items())
     return True
+
+
+def _expand_user(data_files: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``~/corpus/train.txt`` -> the home folder's path (datasets would look for a folder named ``~``)."""
+    if not data_files:
+        return data_files
+
+    def expand(value: Any) -> Any:
+        return str(Path(value).expanduser()) if isinstance(value, str) and value.startswith("~") else value
+    return {split: [expand(v) for v in spec] if isinstance(spec, list) else expand(spec)
+            for split, spec in data_files.items()}
 
 
 def _positive(key: str, value: Any, minimum: int = 1) -> None:

@@ -8,7 +8,9 @@ Every tokenizer returned by :func:`build_tokenizer` is a fast (``tokenizers``-ba
 * survives ``save_pretrained(dir)`` + ``AutoTokenizer.from_pretrained(dir)`` with the same ids and decoding.
 
 Trained tokenizers (kinds ``word``, ``bpe``, ``unigram``) give the special tokens the ids
-PAD=0, BOS=1, EOS=2, UNK=3.
+PAD=0, BOS=1, EOS=2, UNK=3, and normalise text to Unicode NFC first (an "é" typed as e + combining accent and the
+precomposed one are the same token). Loading never runs code from a tokenizer's folder or repo
+(``trust_remote_code=False``); :func:`check_tokenizer_fits` refuses a tokenizer that does not fit its model.
 """
 
 from __future__ import annotations
@@ -98,9 +100,29 @@ def _train_byte_level_subwords(cfg: TokenizerConfig, texts: Iterable[str]) -> To
 
 
 def _with_normalizer(tokenizer: Tokenizer, cfg: TokenizerConfig) -> Tokenizer:
-    if cfg.lowercase:
-        tokenizer.normalizer = normalizers.Lowercase()
+    steps = [normalizers.NFC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
+    tokenizer.normalizer = normalizers.Sequence(steps)
     return tokenizer
+
+
+class TokenizerMismatch(ValueError):
+    """A tokenizer whose vocabulary or special tokens differ from its model's config.json."""
+
+
+def check_tokenizer_fits(config, tokenizer) -> None:
+    """Raise TokenizerMismatch naming every difference between a tokenizer and the model config it is loaded with:
+    its size against ``vocab_size`` (a larger one gives ids the embeddings do not have), and the pad, bos, eos and
+    unk ids the model was trained with."""
+    problems = []
+    if len(tokenizer) != config.vocab_size:
+        problems.append(f"the tokenizer has {len(tokenizer)} tokens, config.json vocab_size={config.vocab_size}")
+    for name in ("pad", "bos", "eos", "unk"):
+        expected, got = getattr(config, f"{name}_token_id", None), getattr(tokenizer, f"{name}_token_id", None)
+        if expected is not None and got != expected:
+            problems.append(f"{name}_token_id is {got} in the tokenizer, {expected} in config.json")
+    if problems:
+        raise TokenizerMismatch(f"the tokenizer does not fit the model ({'; '.join(problems)}); save the tokenizer the "
+                                "model was trained with beside it (a training run's final/ holds both)")
 
 
 def _pretrained(name_or_path: str) -> PreTrainedTokenizerFast:
@@ -109,7 +131,7 @@ def _pretrained(name_or_path: str) -> PreTrainedTokenizerFast:
     Re-wrapping keeps the text -> ids pipeline (its ``tokenizer.json``) but drops the post-processor and the
     model-specific class, which would put [CLS]/[SEP] or BOS back when the saved tokenizer is reloaded.
     """
-    loaded = AutoTokenizer.from_pretrained(name_or_path)
+    loaded = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     if not isinstance(loaded, PreTrainedTokenizerFast):
         raise RecipeError(f"tokenizer.name_or_path={name_or_path!r} loads a {type(loaded).__name__}, which has no "
                           "fast (tokenizers) version; convert it first or use tokenizer.kind=sentencepiece for a "

@@ -21,9 +21,14 @@ Faults
   the next start. The newest ``train.keep_checkpoints`` are kept, plus ``checkpoints/best`` (best validation ELBO,
   the final model) and ``checkpoints/tokenizer`` (the run's vocabulary, reused on resume). A checkpoint is also
   written at the last step, so a run that dies in the final evaluation resumes straight into it.
+* One run per output folder: the main process holds ``output_dir/.lock`` (checkpointing.RunLock) from before the
+  data are loaded until train() ends; a second run into the folder is refused naming the holder.
 * ``train.resume=true`` continues from the newest checkpoint that loads. A newer one that cannot be read (a file
-  missing, truncated or corrupt) is skipped with a warning naming it and the reason; if none loads, training stops
-  with a :class:`TrainingError` listing them. ``log.jsonl`` is cut back to what the checkpoint had seen, so the log
+  missing, truncated or corrupt) is skipped with a warning naming it and the reason, and set aside as
+  ``step-XXXXXXX.unreadable``; if none loads, training stops with a :class:`TrainingError` listing them. The
+  checkpoint stores the resolved recipe: a resume that changes the data order or a schedule
+  (recipe.RESUME_SENSITIVE_KEYS) is refused listing the differences, unless ``train.resume_allow_changes`` names
+  them; ``config.yaml`` is written only after the checkpoint loaded. ``log.jsonl`` is cut back to what the checkpoint had seen, so the log
   continues without duplicate steps. On CPU a resumed run is bitwise identical to an uninterrupted one (same number
   of processes, ``OMP_NUM_THREADS`` and versions).
 * SIGINT (Ctrl-C) or SIGTERM (what schedulers and launchers send before killing): the current step finishes, a
@@ -31,6 +36,8 @@ Faults
   command that resumes; the CLI prints it and exits with 130 (SIGINT) or 143 (SIGTERM). A second signal more than
   2 s after the first aborts at once without saving (launchers forward the terminal's Ctrl-C, so the copies that
   arrive together count as one).
+* fp16 loss scaling: the scaler's state is checkpointed; a step the scaler skips (inf/nan gradients) moves neither
+  the step counter nor the LR, beta or tau, and is counted (``scaler_skips``).
 * A non-finite loss (or, without fp16 loss scaling, a non-finite gradient norm) skips its batch: no optimizer or
   scheduler step, so the step counter, the LR and the beta/tau schedules do not move, while the data position does
   (the batch is not retried). Skips are logged (``nonfinite_steps``); ``train.max_nonfinite_steps`` in a row stop
@@ -57,15 +64,17 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import data as data_lib
-from .checkpointing import (CheckpointUnreadable, best_checkpoint, checkpoint_name,
+from .checkpointing import (CheckpointUnreadable, RunLock, RunLocked, best_checkpoint, checkpoint_name,
                             checkpoints_newest_first, clean_checkpoint_dir, latest_checkpoint, load_weights,
-                            prune_checkpoints, read_checkpoint, replace_dir, rng_state, set_rng_state, truncate_lines,
-                            recorded_best_elbo, write_checkpoint, write_json_atomic)
+                            prune_checkpoints, read_checkpoint, recorded_best_elbo, replace_dir, rng_state, set_aside,
+                            set_rng_state, temporary_name, truncate_lines, write_checkpoint, write_json_atomic,
+                            write_text_atomic)
 from .evaluation import elbo_pass, evaluate, format_metrics, iterate_batches
 from .modeling import TextDVAE
 from .optim import build_optimizer, lr_lambda
 from .plots import code_usage_heatmap, plot_training_curves
-from .recipe import Recipe
+from .recipe import Recipe, resume_differences
+from .redact import public_recipe, without_credentials
 from .schedules import RateController, kl_weight, temperature
 
 logger = logging.getLogger(__name__)
@@ -113,12 +122,14 @@ class Trainer:
         if self.cfg.batch_size < self.world:
             raise TrainingError(f"train.batch_size={self.cfg.batch_size} is the global batch, split over "
                                 f"{self.world} processes; it must be at least {self.world}")
+        self.lock: RunLock | None = None
+        self._claim_output_dir()  # before the data are loaded and a tokenizer trained: fail in seconds, not minutes
         set_seed(self.cfg.seed)  # the same initial weights in every process
         # data and model
         tokenizer = None
         if self.cfg.resume and (self.ckpt_dir / "tokenizer").is_dir():  # the run's own vocabulary, never retrained
             from transformers import AutoTokenizer
-            tokenizer = AutoTokenizer.from_pretrained(self.ckpt_dir / "tokenizer")
+            tokenizer = AutoTokenizer.from_pretrained(self.ckpt_dir / "tokenizer", trust_remote_code=False)
         self.stream: data_lib.TrainStream | None = None  # data.streaming: this process's part of the training stream
         if recipe.data.streaming and self.cfg.batch_size % self.world:
             raise TrainingError(f"data.streaming=true splits train.batch_size={self.cfg.batch_size} evenly over the "
@@ -150,6 +161,7 @@ class Trainer:
         # counters: optimizer steps, global batches consumed (the data position), skipped batches
         self.step, self.batches_seen, self.best_elbo = 0, 0, -math.inf
         self.nonfinite_total, self.nonfinite_run = 0, 0
+        self.scaler_skips = 0  # fp16 steps the loss scaler skipped (its scale was too high)
         self.log_lines, self.elapsed, self.running = 0, 0.0, {}
         self._saved_step: int | None = None  # the step of the newest checkpoint this process wrote or loaded
         self.stop_requested, self.stop_signal, self._first_signal_at = False, None, None
@@ -166,19 +178,53 @@ class Trainer:
 
     # ---- setup ----------------------------------------------------------------------------------------------------
 
+    def _claim_output_dir(self) -> None:
+        """The main process checks output_dir, takes its lock (one run per folder, held until train() ends) and,
+        with hub.repo_id set, checks the repo id and the token against the Hub; every process gets the verdict."""
+        problem = None
+        if self.is_main:
+            try:
+                if self.out.exists() and not self.out.is_dir():
+                    raise TrainingError(f"output_dir={str(self.out)!r} is an existing file, not a folder; choose "
+                                        "another output_dir")
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.lock = RunLock.acquire(self.out)
+                if self.recipe.hub.repo_id:
+                    from .hub import check_push_access
+                    check_push_access(self.recipe.hub.repo_id)
+            except RunLocked as err:
+                problem = str(err)
+            except Exception as err:  # noqa: BLE001 - re-raised below, after the other processes hear of it
+                problem = err
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+            verdict = [None if problem is None else str(problem)]
+            broadcast_object_list(verdict)
+            if verdict[0] is not None and problem is None:
+                raise TrainingError(verdict[0])
+        if isinstance(problem, BaseException):
+            raise problem
+        if problem is not None:
+            raise TrainingError(problem)
+
+    def release(self) -> None:
+        """Let go of output_dir's lock (train() does this when it ends, however it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def setup(self) -> None:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self.ckpt_dir.mkdir(exist_ok=True)
             clean_checkpoint_dir(self.ckpt_dir)
         self.accelerator.wait_for_everyone()
-        if not self.cfg.resume and latest_checkpoint(self.ckpt_dir) is not None:
+        if not self.cfg.resume and any(self.ckpt_dir.glob("step-*")):  # set-aside unreadable ones count too
             raise TrainingError(f"{self.ckpt_dir} already holds checkpoints of an earlier run; continue it with "
                                 f"train.resume=true, or choose a new output_dir")
         if self.is_main:
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.recipe.raw, sort_keys=False))
             if not self.cfg.resume or not (self.ckpt_dir / "tokenizer").is_dir():
-                tmp = self.ckpt_dir / ".tokenizer.tmp"
+                tmp = temporary_name(self.ckpt_dir / "tokenizer")
                 shutil.rmtree(tmp, ignore_errors=True)
                 self.data.tokenizer.save_pretrained(tmp)
                 replace_dir(tmp, self.ckpt_dir / "tokenizer")
@@ -186,7 +232,8 @@ class Trainer:
                 shutil.rmtree(self.ckpt_dir / "best", ignore_errors=True)
         if self.cfg.resume:
             self._resume()
-        if self.is_main:
+        if self.is_main:  # only now: a resume that was refused leaves the run's own config.yaml as it was
+            write_text_atomic(self.out / "config.yaml", yaml.safe_dump(self.recipe.raw, sort_keys=False))
             truncate_lines(self.out / "log.jsonl", self.log_lines)  # the log continues where the checkpoint was
         self.accelerator.wait_for_everyone()
 
@@ -197,18 +244,22 @@ class Trainer:
         choice: list[Any] = [None, []]
         contents = None
         if self.is_main:
-            skipped = []
+            skipped, broken = [], []
             for path in checkpoints_newest_first(self.ckpt_dir):
                 try:
                     contents = read_checkpoint(path)
                 except CheckpointUnreadable as err:
                     skipped.append(f"{path.name}: {err}")
+                    broken.append(path)
                     self._inform(f"warning: skipping checkpoint {path} ({err}); trying the one before it", warn=True)
                     continue
                 choice = [path.name, skipped]
+                for path in broken:  # never picked (or counted as kept) again; kept for a look at what went wrong
+                    self._inform(f"warning: set aside unreadable checkpoint {path} as {set_aside(path).name}", warn=True)
                 break
             else:
-                choice = [None, skipped]
+                earlier = sorted(p.name for p in self.ckpt_dir.glob("step-*.unreadable"))
+                choice = [None, skipped + [f"set aside earlier: {name}" for name in earlier]]
         if self.world > 1:
             broadcast_object_list(choice)
         name, skipped = choice
@@ -229,8 +280,13 @@ class Trainer:
     # ---- train ----------------------------------------------------------------------------------------------------
 
     def train(self) -> dict:
-        self.setup()
-        self.accelerator.init_trackers(TRACKER_PROJECT, config=flat_config(self.recipe.raw))
+        try:
+            self.setup()
+            # trackers such as wandb upload the hyperparameters: never the credentials in data.load_options
+            self.accelerator.init_trackers(TRACKER_PROJECT, config=flat_config(without_credentials(self.recipe.raw)))
+        except BaseException:
+            self.release()
+            raise
         try:
             self._loop_with_signal_handlers()
             self._agree(True, self.stop_requested)  # a signal after the last step's agreement: all stop, or none
@@ -241,6 +297,7 @@ class Trainer:
             return self.finish()
         finally:
             self.accelerator.end_training()  # closes the trackers
+            self.release()
 
     def _loop_with_signal_handlers(self) -> None:
         previous = {}
@@ -299,8 +356,13 @@ class Trainer:
                 if acc.scaler is None and norm is not None and not torch.isfinite(norm):  # fp16's scaler skips itself
                     self._nonfinite(log_file, "gradient")
                     continue
-                self.nonfinite_run = 0
                 self.optimizer.step()
+                if acc.optimizer_step_was_skipped:  # fp16: the loss scaler found inf/nan gradients and lowered its scale
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler_skips += 1  # no scheduler step: the step counter, LR, beta and tau stay
+                    self._log(log_file, {"step": self.step, "scaler_skipped": True, "scaler_skips": self.scaler_skips})
+                    continue
+                self.nonfinite_run = 0
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
@@ -458,12 +520,17 @@ class Trainer:
 
     def _write_final(self, metrics: dict) -> Path:
         """final/ (weights, tokenizer, recipe.yaml, metrics.json) renamed into place whole, then output_dir/metrics.json."""
-        final, tmp = self.out / "final", self.out / ".final.tmp"
+        final = self.out / "final"
+        tmp = temporary_name(final)
         shutil.rmtree(tmp, ignore_errors=True)
         self.unwrapped.save_pretrained(tmp)
         self.data.tokenizer.save_pretrained(tmp)
-        (tmp / "recipe.yaml").write_text(yaml.safe_dump(self.recipe.raw, sort_keys=False))
+        # what final/ may carry to the Hub: no credentials, no absolute local paths (textdvae.redact)
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(public_recipe(self.recipe.raw, self.out), sort_keys=False))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        for path in tmp.iterdir():  # flushed before the rename, like a checkpoint
+            with path.open("rb") as file:
+                os.fsync(file.fileno())
         replace_dir(tmp, final)
         write_json_atomic(self.out / "metrics.json", metrics)
         return final
@@ -485,7 +552,8 @@ class Trainer:
         return {"step": self.step, "batches_seen": self.batches_seen, "best_elbo": self.best_elbo,
                 "nonfinite_steps": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
                 "log_lines": self.log_lines, "elapsed_s": self.elapsed, "running": self.running,
-                "num_processes": self.world, "total_steps": self.total_steps,
+                "num_processes": self.world, "total_steps": self.total_steps, "scaler_skips": self.scaler_skips,
+                "recipe": self.recipe.raw,
                 "rate_controller": self.rate.state_dict() if self.rate is not None else None}
 
     def save_checkpoint(self) -> None:
@@ -504,13 +572,14 @@ class Trainer:
         folder = self.ckpt_dir / checkpoint_name(self.step)
         if folder.is_dir() and self._saved_step == self.step:
             return  # already saved at this step (Ctrl-C right after a periodic checkpoint)
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rngs}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rngs,
+                 "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None}
         counters = self._counters()
         if streams is not None:  # data.streaming: every process's stream position, in rank order
             counters["stream_positions"] = streams
         write_checkpoint(folder, self.unwrapped.state_dict(), counters, state)
         self._saved_step = self.step
-        prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
+        prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints, written=folder)
 
     def _save_best(self) -> None:
         write_checkpoint(self.ckpt_dir / "best", self.unwrapped.state_dict(), {"step": self.step, "elbo": self.best_elbo})
@@ -519,6 +588,7 @@ class Trainer:
         """Restore everything save_checkpoint wrote (``contents``: what read_checkpoint already read from it). Raises
         CheckpointUnreadable for broken files and TrainingError for a checkpoint that does not fit this recipe."""
         weights, state, trainer = contents if contents is not None else read_checkpoint(path)
+        self._check_same_run(path, trainer.get("recipe"))
         try:
             self.unwrapped.load_state_dict(weights)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -526,6 +596,9 @@ class Trainer:
             raise TrainingError(f"checkpoint {path} does not fit the model of this recipe ({err}); resume with the "
                                 f"recipe the run started with ({self.out / 'config.yaml'})") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.accelerator.scaler is not None and state.get("scaler"):
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        self.scaler_skips = trainer.get("scaler_skips", 0)
         rngs = state["rng"]
         if len(rngs) == self.world:
             set_rng_state(rngs[self.rank])
@@ -554,6 +627,19 @@ class Trainer:
         recorded = recorded_best_elbo(self.ckpt_dir)
         if recorded is not None:
             self.best_elbo = max(self.best_elbo, recorded)
+
+    def _check_same_run(self, path: Path, stored: dict | None) -> None:
+        """Refuse a resume whose recipe changes the data order or a schedule (recipe.RESUME_SENSITIVE_KEYS) from
+        the one the checkpoint was trained with, unless train.resume_allow_changes names the change."""
+        if stored is None:  # written before checkpoints stored their recipe
+            return
+        differences = resume_differences(stored, self.recipe.raw, self.cfg.resume_allow_changes)
+        if differences:
+            keys = ", ".join(d.split(":")[0] for d in differences)
+            raise TrainingError(
+                f"checkpoint {path} was trained with another recipe; resuming would not continue that run: "
+                f"{'; '.join(differences)}. Resume with the recipe it started with ({self.out / 'config.yaml'}), or "
+                f"allow the change with train.resume_allow_changes=[{keys}]")
 
     # ---- output ---------------------------------------------------------------------------------------------------
 
