@@ -22,7 +22,7 @@ It keeps what the tests use and nothing more. Endpoints (``{type}`` is ``models`
 URL-quoted):
 
 * ``GET  /api/whoami-v2``
-* ``POST /api/repos/create`` (409 if it exists)
+* ``POST /api/repos/create`` (409 if it exists), ``DELETE /api/repos/delete`` (a failed push removes the repo it made)
 * ``POST /api/validate-yaml`` (front matter checked with PyYAML when it is importable)
 * ``GET  /api/{type}/{ns}/{name}`` and ``.../revision/{rev}`` -> ``{"id", "sha", "siblings", ...}``
 * ``GET  /api/{type}/{ns}/{name}/tree/{rev}[/{path}]?recursive=&expand=``
@@ -222,6 +222,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._dispatch("POST")
 
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
     def _read_body(self) -> bytes:
         if getattr(self, "_body", None) is not None:
             return self._body
@@ -361,6 +364,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._whoami()
         if seg == ["repos", "create"] and method == "POST":
             return self._create_repo()
+        if seg == ["repos", "delete"] and method == "DELETE":
+            return self._delete_repo()
         if seg == ["validate-yaml"] and method == "POST":
             return self._validate_yaml()
         if len(seg) >= 1 and seg[0] in REPO_TYPES:
@@ -442,6 +447,16 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self.hub.create_repo(repo_type, repo_id, private, sdk if repo_type == "space" else None)
         url = self.hub.repo_url(repo)
         self._send_json({"url": url, "name": repo_id, "id": repo_id})
+
+    def _delete_repo(self):
+        payload = self._json_body()
+        self._require_write("delete a repository")
+        repo_type = payload.get("type") or "model"
+        repo_id = f"{payload.get('organization') or USERNAME}/{payload.get('name')}"
+        with self.hub.lock:
+            if self.hub.repos.pop((repo_type, repo_id), None) is None:
+                raise _HTTPError(404, f"Repository Not Found for {repo_type} '{repo_id}'.", code="RepoNotFound")
+        self._send_json({})
 
     def _validate_yaml(self):
         payload = self._json_body()

@@ -443,14 +443,14 @@ def test_model_card_metrics_and_usage(tmp_path):
 # One card per kind of latent and estimator, from the shipped recipes' own model sections (a config that can exist).
 CARD_CASES = [  # recipe, overrides, tags before "textdvae", phrases the card must have, phrases it must not have
     ("quickstart.yaml", [], ["text-vae", "discrete-latent", "gumbel-softmax"],
-     ["16 latent variables with 8 categories", "at most 48.0 bits", "straight-through Gumbel-Softmax",
+     ["16 latent variables with 4 categories", "at most 32.0 bits", "straight-through Gumbel-Softmax",
       "model.interpolate("], ["Gaussian", "learned"]),
     ("quickstart.yaml", ["model.estimator=gumbel"], ["text-vae", "discrete-latent", "gumbel-softmax"],
-     ["the Gumbel-Softmax relaxation", "48.0 bits"], ["straight-through"]),
+     ["the Gumbel-Softmax relaxation", "32.0 bits"], ["straight-through"]),
     ("quickstart.yaml", ["model.estimator=reinmax", "train.tau_start=1", "train.tau_min=1"], ["text-vae", "discrete-latent", "reinmax"],
-     ["ReinMax estimator", "48.0 bits"], ["Gumbel"]),
+     ["ReinMax estimator", "32.0 bits"], ["Gumbel"]),
     ("quickstart.yaml", ["model.estimator=reinforce"], ["text-vae", "discrete-latent", "reinforce"],
-     ["score-function (REINFORCE)", "48.0 bits"], ["Gumbel"]),
+     ["score-function (REINFORCE)", "32.0 bits"], ["Gumbel"]),
     ("ptb_gru.yaml", [], ["text-vae", "discrete-latent", "gumbel-softmax"],
      ["8 latent variables with 16 categories", "at most 32.0 bits", "prior over the codes is learned",
       "| prior | autoregressive |"], ["Gaussian"]),
