@@ -42,6 +42,27 @@ def textdvae(*args, check: bool = True, timeout: int = 900) -> subprocess.Comple
 
 
 @pytest.fixture
+def one_thread(monkeypatch):
+    """In-process training with the subprocesses' thread count (bitwise comparisons), in the repository root."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.chdir(ROOT)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train_small_quickstart(out: Path, max_train_samples: int, max_steps: int) -> Path:
+    """A small quick-start model (width 64) that learns the corpus well enough to decode sentences: out/final."""
+    import textdvae
+
+    textdvae.train(str(ROOT / "recipes" / "quickstart.yaml"), [
+        f"output_dir={out}", "model.hidden_dim=64", "model.embed_dim=32", f"data.max_train_samples={max_train_samples}",
+        "data.max_eval_samples=50", f"train.max_steps={max_steps}", "train.free_bits=2.0", "train.iw_samples=2",
+        "train.eval_every=1000", "train.save_every=1000"])
+    return out / "final"
+
+
+@pytest.fixture
 def datasets_cache(tmp_path, monkeypatch):
     """A datasets cache of the test's own, so that no test reads another's (or the user's) cached splits."""
     import datasets

@@ -25,6 +25,7 @@ import torch
 
 gr = pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[dev,demo]'")
 
+from conftest import train_small_quickstart  # noqa: E402
 from textdvae.cli import load_model, main  # noqa: E402
 from textdvae.demo import Explorer, build_demo, launch, model_figures  # noqa: E402
 
@@ -46,13 +47,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    import textdvae
-
     out = tmp_path_factory.mktemp("demo")
-    textdvae.train(str(ROOT / "recipes" / "quickstart.yaml"), [
-        f"output_dir={out}", "model.hidden_dim=64", "model.embed_dim=32", "data.max_train_samples=2000",
-        "data.max_eval_samples=50", "train.max_steps=200", "train.free_bits=2.0", "train.iw_samples=2",
-        "train.eval_every=1000", "train.save_every=1000"])
+    train_small_quickstart(out, max_train_samples=2000, max_steps=200)
     model, _ = load_model(str(out / "final"))
     return SimpleNamespace(path=out / "final", model=model)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT, TINY_MODEL, all_codes
+from conftest import ROOT, TINY_MODEL, all_codes, train_small_quickstart
 from textdvae import TextDVAE, TextDVAEConfig, explore
 from textdvae.recipe import TokenizerConfig
 from textdvae.tokenization import build_tokenizer
@@ -336,13 +336,8 @@ PAIRS = [("the cat chased the fox .", "the dogs will not greet the old queen .")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    import textdvae
-
     out = tmp_path_factory.mktemp("quick")
-    textdvae.train(str(ROOT / "recipes" / "quickstart.yaml"), [
-        f"output_dir={out}", "model.hidden_dim=64", "model.embed_dim=32", "data.max_train_samples=3000",
-        "data.max_eval_samples=50", "train.max_steps=250", "train.free_bits=2.0", "train.iw_samples=2",
-        "train.eval_every=1000", "train.save_every=1000"])
+    train_small_quickstart(out, max_train_samples=3000, max_steps=250)
     model = TextDVAE.from_pretrained(out / "final").eval()
     return SimpleNamespace(path=out / "final", model=model)
 

@@ -79,15 +79,6 @@ def reference(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    """In-process training with the subprocesses' thread count (bitwise comparisons), in the repository root."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.chdir(ROOT)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---- faults ---------------------------------------------------------------------------------------------------------
 

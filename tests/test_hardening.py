@@ -39,14 +39,6 @@ TINY = ["model.hidden_dim=32", "model.embed_dim=16", "model.num_latents=4", "mod
 SECRET = "hf_SECRETsecretSECRET"
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.chdir(ROOT)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(autouse=True)
 def datasets_cache(tmp_path, monkeypatch):
