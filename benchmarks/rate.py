@@ -145,6 +145,7 @@ def plot(rows: list[dict]) -> None:
         name = "LM" if r["target_rate"] is None else f"target {r['target_rate']}"
         label = f"{name}: IW NLL {r['nll']:.2f}"
         ax.annotate(label, (r["kl"], r["rec"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.margins(x=0.3, y=0.15)  # room for the labels
     ax.set(xlabel="KL (rate), nats per sentence", ylabel="-log p(x | z) (distortion), nats per sentence",
            title="PTB test: rate against distortion")
     ax.grid(alpha=0.3)
