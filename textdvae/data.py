@@ -129,9 +129,13 @@ def _sentences(split_data: datasets.Dataset, cfg: DataConfig, split: str) -> tup
     return sentences, len(split_data) - len(sentences)
 
 
+def clean_sentence(value: str | None) -> str:
+    """A record's text as training reads it: no byte-order mark, no surrounding whitespace ("" for blank/None)."""
+    return value.lstrip(BOM).strip() if value is not None else ""
+
+
 def _strip_batch(batch: dict[str, list], column: str) -> dict[str, list[str]]:
-    stripped = (value.lstrip(BOM).strip() for value in batch[column] if value is not None)
-    return {"text": [text for text in stripped if text]}
+    return {"text": [text for text in map(clean_sentence, batch[column]) if text]}
 
 
 def _num_proc(cfg: DataConfig, n_rows: int) -> int | None:
@@ -518,7 +522,7 @@ class TrainStream:
                 raise DataError(f"column {column!r} of the streamed split {self.cfg.train_split!r} holds "
                                 f"{type(value).__name__} values, not text; set data.text_column")
             seen += 1
-            text = value.strip() if value is not None else ""
+            text = clean_sentence(value)
             if text:
                 texts.append(text)
             else:
@@ -537,12 +541,14 @@ def prepare_stream(recipe: Recipe, tokenizer: PreTrainedTokenizerBase | None = N
     _check_local_files(cfg)
     replace = _REPLACE_OPTIONS.get(cfg.path, {}) if cfg.encoding_errors == "replace" else {}
 
-    def open_split(split: str):
+    def open_streams():  # split -> a fresh IterableDataset (a stream's position is state of its own object)
         return datasets.load_dataset(cfg.path, cfg.name, data_files=cfg.data_files, streaming=True, **replace,
-                                     **cfg.load_options)[split]
+                                     **cfg.load_options)
 
-    names = list(datasets.load_dataset(cfg.path, cfg.name, data_files=cfg.data_files, streaming=True, **replace,
-                                       **cfg.load_options))
+    def open_split(split: str):
+        return open_streams()[split]
+
+    names = list(open_streams())
     if cfg.train_split not in names:
         raise DataError(f"data.train_split={cfg.train_split!r} is not a split of {cfg.path!r} (splits: "
                         f"{', '.join(names)}); set data.train_split to one of them")
@@ -558,9 +564,8 @@ def prepare_stream(recipe: Recipe, tokenizer: PreTrainedTokenizerBase | None = N
                         f"{', '.join(names)}); add data.data_files.validation or set data.eval_split")
     if tokenizer is None:
         limit = recipe.tokenizer.train_samples
-        sample = (text.strip() for text in (r.get(cfg.text_column) for r in
-                                            (open_split(cfg.train_split).take(limit) if limit else
-                                             open_split(cfg.train_split))) if text and text.strip())
+        rows = open_split(cfg.train_split).take(limit) if limit else open_split(cfg.train_split)
+        sample = (text for text in (clean_sentence(r.get(cfg.text_column)) for r in rows) if text)
         tokenizer = build_tokenizer(recipe.tokenizer, sample)
     prepared = Prepared(tokenizer, {}, {})
     for key, texts in splits.items():

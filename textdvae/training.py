@@ -366,10 +366,10 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                if self.rate is not None:
-                    self.rate.update(self._global_mean(out.kl.detach().mean()))
                 stats = {"loss": loss.item(), "rec": out.rec.mean().item(),
                          "kl": out.kl.mean().item() if out.kl is not None else 0.0}
+                if self.rate is not None:
+                    self.rate.update(self._global_mean(stats["kl"]))
                 for k, v in stats.items():
                     self.running[k] = self.running.get(k, 0.0) + v
                 self.running["n"] = self.running.get("n", 0) + 1
@@ -407,10 +407,10 @@ class Trainer:
             self.stop_requested = True
         return bool(flags[0] == 0), bool(flags[1] > 0)
 
-    def _global_mean(self, value: torch.Tensor) -> float:
-        """A per-process scalar -> its mean over processes (every process then takes the same decision)."""
+    def _global_mean(self, value: float) -> float:
+        """A per-process number -> its mean over processes (every process then takes the same decision)."""
         if self.world > 1:
-            value = self.accelerator.reduce(value.reshape(1).float(), reduction="mean")
+            value = self.accelerator.reduce(torch.tensor([value], device=self.accelerator.device), reduction="mean")
         return float(value)
 
     def _running_means(self) -> dict[str, float]:
@@ -429,10 +429,8 @@ class Trainer:
 
     def schedules(self, step: int) -> tuple[float, float]:
         cfg = self.cfg
-        if self.rate is not None:
-            return self.rate.beta, temperature(step, cfg.tau_start, cfg.tau_min, cfg.tau_decay)
-        beta = kl_weight(step, cfg.beta_schedule, cfg.beta_max, cfg.beta_warmup_steps, self.total_steps,
-                         cfg.beta_cycles, cfg.beta_ratio)
+        beta = self.rate.beta if self.rate is not None else kl_weight(
+            step, cfg.beta_schedule, cfg.beta_max, cfg.beta_warmup_steps, self.total_steps, cfg.beta_cycles, cfg.beta_ratio)
         return beta, temperature(step, cfg.tau_start, cfg.tau_min, cfg.tau_decay)
 
     def _validate(self, log_file) -> None:
