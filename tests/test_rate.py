@@ -16,19 +16,50 @@ import torch
 from textdvae import TextDVAE, TextDVAEConfig
 from textdvae import recipe as recipe_lib
 from textdvae.recipe import RecipeError
-from textdvae.schedules import RateController, rate_control_step
+from textdvae.schedules import RateController, beta_from_dual, dual_from_beta, rate_control_step
 from textdvae.training import train
 
 from test_faults import ROOT, TINY, training_log
 
 
 def test_one_update_by_hand():
-    # e = 0.9 * 0 + 0.1 * (12 - 10) / 10 = 0.02; log beta = 0 + 0.01 * 0.02
-    log_beta, error = rate_control_step(0.0, 0.0, kl=12.0, target=10.0)
-    assert error == pytest.approx(0.02) and log_beta == pytest.approx(0.0002)
-    # below target: beta falls; the range clips it
-    log_beta, _ = rate_control_step(0.0, -5.0, kl=0.0, target=10.0, rate=100.0)
-    assert log_beta == pytest.approx(math.log(1e-3))
+    # e = 0.9 * 0 + 0.1 * (12 - 10) / 10 = 0.02; u = 1 + 0.01 * 0.02, and above 1 beta = exp(u - 1)
+    u, error = rate_control_step(1.0, 0.0, kl=12.0, target=10.0)
+    assert error == pytest.approx(0.02) and u == pytest.approx(1.0002)
+    assert beta_from_dual(u) == pytest.approx(math.exp(0.0002))
+    # below 1 beta = u moves linearly: e = 0.9 * -0.2 + 0.1 * (8 - 10) / 10 = -0.2; u = 0.5 - 0.01 * 0.2
+    u, error = rate_control_step(0.5, -0.2, kl=8.0, target=10.0)
+    assert error == pytest.approx(-0.2) and beta_from_dual(u) == pytest.approx(0.498)
+    # the range clips beta at both ends
+    u, _ = rate_control_step(0.5, -5.0, kl=0.0, target=10.0, rate=100.0)
+    assert beta_from_dual(u) == pytest.approx(1e-3)
+    u, _ = rate_control_step(1.0, 5.0, kl=100.0, target=10.0, rate=100.0)
+    assert beta_from_dual(u) == pytest.approx(100.0)
+    for beta in (1e-3, 0.3, 1.0, 7.0):
+        assert beta_from_dual(dual_from_beta(beta)) == pytest.approx(beta)
+
+
+def test_a_weight_at_its_floor_comes_back_in_hundreds_of_steps():
+    # what PTB at 15 nats needed: beta fell to the floor while the code grew, then the KL overshot by 10 %. The
+    # log-space update (log beta += 0.01 e) needs ln(300) / 0.001 = 5,700 steps to get back to 0.3; the linear one
+    # 0.3 / 0.001 = 300 once the error has settled at 0.1
+    ctl = RateController(target=10.0)
+    ctl.load_state_dict({"u": 1e-3})
+    steps = 0
+    while ctl.beta < 0.3:
+        ctl.update(11.0)
+        steps += 1
+    assert 300 <= steps <= 330, steps
+
+
+def test_a_checkpoint_of_the_log_space_controller_resumes_at_its_beta():
+    ctl = RateController(target=10.0)
+    ctl.load_state_dict({"target": 10.0, "log_beta": math.log(0.25), "error_ema": 0.01, "kl_ema": 9.0, "scale": 1.0})
+    assert ctl.beta == pytest.approx(0.25) and ctl.kl_ema == 9.0
+    ctl.load_state_dict({"log_beta": math.log(4.0)})
+    assert ctl.beta == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="unknown rate controller state 'gain'"):
+        ctl.load_state_dict({"gain": 1.0})
 
 
 def test_controller_settles_a_system_whose_kl_falls_with_beta():
@@ -49,10 +80,10 @@ def test_calibration_aims_the_training_kl_where_validation_meets_the_target():
         ctl.update(10.8)
     ctl.calibrate(validation_kl=9.0)  # settled within 10 %, reading 20 % above validation
     assert ctl.scale == pytest.approx(ctl.kl_ema / 9.0, rel=1e-9) and 1.19 < ctl.scale < 1.21
-    before = ctl.log_beta
+    before = ctl.u
     ctl.error_ema = 0.0
     ctl.update(10.0 * ctl.scale)  # now exactly at the training set point: beta stays
-    assert ctl.log_beta == pytest.approx(before, abs=1e-6)
+    assert ctl.u == pytest.approx(before, abs=1e-6)
     state = ctl.state_dict()
     other = RateController(target=10.0)
     other.load_state_dict(json.loads(json.dumps(state)))

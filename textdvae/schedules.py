@@ -86,22 +86,42 @@ def free_bits(kl_per_latent: Tensor, lam: float) -> Tensor:
     return torch.clamp(kl_per_latent, min=lam).sum()
 
 
-def rate_control_step(log_beta: float, error_ema: float, kl: float, target: float, *, rate: float = 0.01,
-                      smoothing: float = 0.9, log_beta_range: tuple[float, float] = (math.log(1e-3), math.log(1e2)),
-                      ) -> tuple[float, float]:
-    """One update of the KL weight that holds the KL at `target` nats: (log beta, error EMA) -> the same, next step.
+def beta_from_dual(u: float) -> float:
+    """The KL weight for the controller's dual variable u: beta = u for u <= 1, exp(u - 1) above (C1 at u = 1).
 
-    The constraint KL = target enters a Lagrangian rec + beta * (KL - target); beta follows GECO's multiplicative
-    ascent on the smoothed relative constraint (Rezende & Viola 2018, "Taming VAEs", https://arxiv.org/abs/1810.00597):
-        e_t = smoothing * e_{t-1} + (1 - smoothing) * (KL_t - target) / target,   log beta_t = log beta_{t-1} + rate * e_t.
-    A KL above target raises beta (the code costs more), one below lowers it, so the KL settles at the target,
-    as ControlVAE's feedback on beta does (Shao et al. 2020, https://arxiv.org/abs/2004.05988). log beta stays in
-    `log_beta_range` (by default beta in [0.001, 100]) so a transient cannot drive it to a value it needs thousands
-    of steps to come back from.
+    Below 1 the weight moves linearly, as the Lagrange multiplier of a minimum-rate constraint does (the weight on
+    the KL is 1 - lambda; Pelsmaeker & Aziz 2020, https://arxiv.org/abs/1904.08194), so a weight that fell to 0.001
+    while the code was still growing comes back to 0.3 in a few hundred steps. Above 1 it moves multiplicatively, as
+    GECO's does (Rezende & Viola 2018, https://arxiv.org/abs/1810.00597), so holding a rich code down by 100x takes
+    ln(100) / rate, not 100 / rate.
+    """
+    return u if u <= 1.0 else math.exp(u - 1.0)
+
+
+def dual_from_beta(beta: float) -> float:
+    """The inverse of `beta_from_dual` (beta > 0)."""
+    return beta if beta <= 1.0 else 1.0 + math.log(beta)
+
+
+def rate_control_step(u: float, error_ema: float, kl: float, target: float, *, rate: float = 0.01,
+                      smoothing: float = 0.9, beta_range: tuple[float, float] = (1e-3, 1e2)) -> tuple[float, float]:
+    """One update of the KL weight that holds the KL at `target` nats: (dual u, error EMA) -> the same, next step.
+
+    The constraint KL = target enters a Lagrangian rec + beta * (KL - target), and beta = `beta_from_dual`(u)
+    follows dual ascent on the smoothed relative constraint:
+        e_t = smoothing * e_{t-1} + (1 - smoothing) * (KL_t - target) / target,   u_t = u_{t-1} + rate * e_t.
+    A KL above target raises beta (the code costs more), one below lowers it, so the KL settles at the target, as
+    ControlVAE's feedback on beta does (Shao et al. 2020, https://arxiv.org/abs/2004.05988). beta stays in
+    `beta_range` (by default [0.001, 100]) so a transient cannot drive it to a value it needs thousands of steps
+    to come back from.
+
+    Why u and not log beta (GECO's own update, which this package used first): on PTB at 15 nats the weight fell to
+    0.002 while the code grew, and the log-space update then took 4,500 steps to bring it back to 0.2, so most of
+    training optimised reconstruction with a KL almost free (benchmarks/RESULTS.md, Rate).
     """
     error_ema = smoothing * error_ema + (1.0 - smoothing) * (kl - target) / target
-    lo, hi = log_beta_range
-    return min(hi, max(lo, log_beta + rate * error_ema)), error_ema
+    lo, hi = (dual_from_beta(b) for b in beta_range)
+    return min(hi, max(lo, u + rate * error_ema)), error_ema
 
 
 @dataclass
@@ -112,23 +132,24 @@ class RateController:
     dropout on, so it can sit apart from the validation KL that the target is about: after each validation pass at
     which the controller has settled (smoothed error and recent training KL within 10 % of the set point),
     `calibrate` moves the set point to
-    target * (recent training KL / validation KL), clipped to [0.5, 2] * target. The state is plain floats, checkpointed with the run so a resumed run continues bitwise.
+    target * (recent training KL / validation KL), clipped to [0.5, 2] * target. The state is plain floats,
+    checkpointed with the run so a resumed run continues bitwise.
     """
 
     target: float
-    log_beta: float = 0.0  # beta starts at 1: the ELBO
+    u: float = 1.0  # the dual variable: beta starts at 1, the ELBO
     error_ema: float = 0.0
     kl_ema: float | None = None  # recent training-batch KL
     scale: float = 1.0  # training-batch set point / target
 
     @property
     def beta(self) -> float:
-        return math.exp(self.log_beta)
+        return beta_from_dual(self.u)
 
     def update(self, kl: float) -> float:
         """One training step's batch-mean KL (nats) -> the beta for the next step."""
         self.kl_ema = kl if self.kl_ema is None else 0.98 * self.kl_ema + 0.02 * kl
-        self.log_beta, self.error_ema = rate_control_step(self.log_beta, self.error_ema, kl, self.target * self.scale)
+        self.u, self.error_ema = rate_control_step(self.u, self.error_ema, kl, self.target * self.scale)
         return self.beta
 
     def calibrate(self, validation_kl: float) -> None:
@@ -144,5 +165,10 @@ class RateController:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        if "log_beta" in state:  # a checkpoint from the log-space controller: the same beta, as u
+            state["u"] = dual_from_beta(math.exp(state.pop("log_beta")))
         for key, value in state.items():
+            if key not in self.__dataclass_fields__:
+                raise ValueError(f"unknown rate controller state {key!r} in the checkpoint")
             setattr(self, key, value)
