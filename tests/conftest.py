@@ -41,6 +41,16 @@ def textdvae(*args, check: bool = True, timeout: int = 900) -> subprocess.Comple
     return proc
 
 
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """The command line's main in this process (what a subprocess would run, without its start-up): exit code, stdout,
+    stderr."""
+    from textdvae.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture
 def one_thread(monkeypatch):
     """In-process training with the subprocesses' thread count (bitwise comparisons), in the repository root."""

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import ROOT, TINY, textdvae
+from conftest import ROOT, TINY, cli, textdvae
 
 RUN = [*TINY, "train.max_steps=30", "train.eval_every=15", "train.save_every=15", "train.log_every=5"]
 
@@ -70,15 +70,17 @@ def test_python_dash_m_and_eval_json(run_dir, tmp_path):
     assert (tmp_path / "m_code_usage.png").is_file()
 
 
-def test_cli_user_errors_exit_nonzero_without_traceback(tmp_path):
+def test_cli_user_errors_exit_nonzero_without_traceback(tmp_path, capsys):
+    # a real process: the message, exit 2 and no traceback; --debug shows it
     proc = textdvae("train", "recipes/quickstart.yaml", "train.max_stepz=3", check=False)
     assert proc.returncode == 2 and "did you mean train.max_steps" in proc.stderr and "Traceback" not in proc.stderr
-    proc = textdvae("train", tmp_path / "missing.yaml", check=False)
-    assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
-    proc = textdvae("eval", tmp_path / "no_model", check=False)
-    assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
     proc = textdvae("--debug", "train", "recipes/quickstart.yaml", "train.max_stepz=3", check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+    # the same handler in this process, for the other kinds of error
+    code, _, err = cli(capsys, "train", tmp_path / "missing.yaml")
+    assert code == 2 and "not found" in err and "Traceback" not in err
+    code, _, err = cli(capsys, "eval", tmp_path / "no_model")
+    assert code == 2 and "not found" in err and "Traceback" not in err
 
 
 def test_readme_python_example_runs(run_dir):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT, TINY_MODEL, all_codes, train_small_quickstart
+from conftest import ROOT, TINY_MODEL, all_codes, cli, train_small_quickstart
 from textdvae import TextDVAE, TextDVAEConfig, explore
 from textdvae.recipe import TokenizerConfig
 from textdvae.tokenization import build_tokenizer
@@ -319,6 +319,38 @@ def test_gaussian_model_encodes_reconstructs_interpolates_and_traverses_from_the
         model.traverse(a, 4)
 
 
+def test_the_command_line_explores_a_gaussian_model_as_the_python_api_does(capsys, tmp_path):
+    model = tiny(latent="gaussian", latent_dim=4, eos_bias=0.25)
+    with torch.no_grad():
+        model.z_to_cond.weight.mul_(20)
+    model.save_pretrained(tmp_path / "g")
+    model.tokenizer.save_pretrained(tmp_path / "g")
+    a, b = "the cat chased the fox .", "the dog will not help a big bird slowly ."
+    mu, sigma = model.encode([a, b])
+    code, out, err = cli(capsys, "encode", tmp_path / "g", a, b, "--json")
+    rows = json.loads(out)
+    assert code == 0, err
+    torch.testing.assert_close(torch.tensor([r["z"] for r in rows]), mu, atol=1e-4, rtol=0)
+    assert [r["std"] for r in rows] == pytest.approx(sigma.mean(1).tolist(), abs=1e-4)
+    code, out, _ = cli(capsys, "reconstruct", tmp_path / "g", a, b, "--json")
+    assert code == 0 and [r["reconstruction"] for r in json.loads(out)] == model.reconstruct([a, b])
+    code, out, _ = cli(capsys, "interpolate", tmp_path / "g", a, b, "--steps", "4", "--json")
+    path = json.loads(out)
+    assert code == 0 and [p["text"] for p in path] == [p["text"] for p in model.interpolate(a, b, steps=4)]
+    assert [p["t"] for p in path] == pytest.approx([0, 1 / 3, 2 / 3, 1]) and path[0]["z"] == pytest.approx(rows[0]["z"])
+    code, out, _ = cli(capsys, "traverse", tmp_path / "g", a, "--latent", "1", "--values", "-1", "1", "--json")
+    moved = json.loads(out)
+    assert code == 0 and [r["text"] for r in moved] == [r["text"] for r in model.traverse(a, 1, values=[-1, 1])]
+    code, out, _ = cli(capsys, "traverse", tmp_path / "g", a, "--latent", "1")  # the table: values, own starred
+    assert code == 0 and out.splitlines()[0].split() == ["value", "mark", "text"] and out.count(" * ") == 1
+    code, _, err = cli(capsys, "interpolate", tmp_path / "g", a, b, "--method", "hamming")
+    assert code == 2 and "not one of linear" in err
+    tiny().save_pretrained(tmp_path / "c")
+    tiny().tokenizer.save_pretrained(tmp_path / "c")
+    code, _, err = cli(capsys, "traverse", tmp_path / "c", a, "--latent", "1", "--values", "1")
+    assert code == 2 and "drop --values" in err
+
+
 def test_categorical_interpolation_still_defaults_to_hamming():
     model = tiny()
     a, b = "the cat chased the fox .", "the dog will not help a big bird slowly ."
@@ -369,14 +401,6 @@ def test_simplex_path_and_traverse_on_the_trained_model(trained):
     assert len(rows) == K and [r["original"] for r in rows] == [k == int(code[0, 2]) for k in range(K)]
     assert next(r for r in rows if r["original"])["text"] == model.reconstruct([a])[0]
     assert model.decode(code, strategy="beam", num_beams=1) == model.reconstruct([a])
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    from textdvae.cli import main
-
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_interpolate_and_reconstruct_json(trained, capsys):

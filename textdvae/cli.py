@@ -154,14 +154,23 @@ class InputError(ValueError):
     """Texts or codes given to a command that cannot be used."""
 
 
-def _explore_model(args, categorical: bool = True):
-    """The model of an explore command, with the tokenizer loaded beside it (same revision)."""
+def _explore_model(args):
+    """The model of an explore command, with the tokenizer loaded beside it (same revision). Categorical and Gaussian
+    models alike: a Gaussian model is encoded to, and decoded from, its posterior means."""
     model, tokenizer = load_model(args.model, args.revision)
     model.tokenizer = tokenizer
-    if categorical and model.config.latent != "categorical":
-        raise InputError(f"textdvae {args.command} works on categorical codes; {args.model} has "
-                         f"latent={model.config.latent!r} (sample works with every latent)")
     return model
+
+
+def _code_row(model, code) -> dict:
+    """One sentence's code for a table or JSON: categorical {"codes": [categories]}, Gaussian {"z": [means]}."""
+    if model.config.latent == "gaussian":
+        return {"z": [round(v, 4) for v in code.tolist()]}
+    return {"codes": code.tolist()}
+
+
+def _code_key(model) -> str:
+    return "z" if model.config.latent == "gaussian" else "codes"
 
 
 def _explore(fn, *args, **kwargs):
@@ -194,10 +203,14 @@ def _cell(value) -> str:
 def cmd_encode(args) -> int:
     texts = _texts(args)
     model = _explore_model(args)
-    codes, probs = _explore(model.encode, texts)
-    rows = [{"text": t, "codes": c.tolist(), "confidence": round(float(p.max(-1).values.mean()), 4)}
-            for t, c, p in zip(texts, codes, probs)]
-    _emit(args, rows, ["codes", "confidence", "text"])
+    codes, spread = _explore(model.encode, texts)  # (B, N) and q (B, N, K); Gaussian: means and std (B, Dz)
+    if model.config.latent == "gaussian":  # how sure: the posterior's mean standard deviation (the prior's is 1)
+        rows = [{"text": t, **_code_row(model, c), "std": round(float(s.mean()), 4)} for t, c, s in zip(texts, codes, spread)]
+    else:  # how sure: the mean probability of the chosen categories
+        rows = [{"text": t, **_code_row(model, c), "confidence": round(float(p.max(-1).values.mean()), 4)}
+                for t, c, p in zip(texts, codes, spread)]
+    key = _code_key(model)
+    _emit(args, rows, [key, "std" if key == "z" else "confidence", "text"])
     return 0
 
 
@@ -206,22 +219,22 @@ def cmd_reconstruct(args) -> int:
     model = _explore_model(args)
     codes, _ = _explore(model.encode, texts)
     recs = _explore(model.decode, codes, strategy=args.strategy, num_beams=args.num_beams, max_length=args.max_length)
-    rows = [{"text": t, "codes": c.tolist(), "reconstruction": r} for t, c, r in zip(texts, codes, recs)]
-    _emit(args, rows, ["text", "codes", "reconstruction"])
+    rows = [{"text": t, **_code_row(model, c), "reconstruction": r} for t, c, r in zip(texts, codes, recs)]
+    _emit(args, rows, ["text", _code_key(model), "reconstruction"])
     return 0
 
 
 def cmd_sample(args) -> int:
     import torch
 
-    model = _explore_model(args, categorical=False)
+    model = _explore_model(args)
     gen = torch.Generator().manual_seed(args.seed)
     texts, codes = _explore(model.sample, args.n, generator=gen, strategy=args.strategy, top_k=args.top_k,
                             top_p=args.top_p, temperature=args.temperature, max_length=args.max_length)
-    key = "codes" if model.config.latent == "categorical" else "z"
-    rows = [{key: [round(v, 4) for v in c.tolist()] if key == "z" else c.tolist(), "text": t}
-            for t, c in zip(texts, codes)] if codes is not None else [{"text": t} for t in texts]
-    _emit(args, rows, [key, "text"] if codes is not None else ["text"])
+    if codes is None:  # latent: none
+        _emit(args, [{"text": t} for t in texts], ["text"])
+        return 0
+    _emit(args, [{**_code_row(model, c), "text": t} for t, c in zip(texts, codes)], [_code_key(model), "text"])
     return 0
 
 
@@ -231,13 +244,13 @@ def cmd_interpolate(args) -> int:
         if not t.strip():
             raise InputError("interpolate needs two non-empty sentences")
     path = _explore(model.interpolate, args.a, args.b, method=args.method, steps=args.steps, max_length=args.max_length)
+    key = _code_key(model)
     if args.json:
-        keys = ("step", "text", "codes", "t")
-        print(json.dumps([{k: p[k] for k in keys if k in p} | ({"repeated": True} if p["repeated"] else {})
-                          for p in path], ensure_ascii=False, indent=2))
+        print(json.dumps([{"step": p["step"], "text": p["text"], key: p["codes"], **({"t": p["t"]} if "t" in p else {})}
+                          | ({"repeated": True} if p["repeated"] else {}) for p in path], ensure_ascii=False, indent=2))
         return 0
-    rows = [{**p, "text": p["text"] + ("  (same as above)" if p["repeated"] else "")} for p in path]
-    _emit(args, rows, ["step", "t", "codes", "text"] if args.method == "simplex" else ["step", "codes", "text"])
+    rows = [{**p, key: p["codes"], "text": p["text"] + ("  (same as above)" if p["repeated"] else "")} for p in path]
+    _emit(args, rows, ["step", "t", key, "text"] if "t" in path[0] else ["step", key, "text"])
     return 0
 
 
@@ -245,11 +258,16 @@ def cmd_traverse(args) -> int:
     model = _explore_model(args)
     if not args.text.strip():
         raise InputError("traverse needs a non-empty sentence")
-    rows = _explore(model.traverse, args.text, args.latent, max_length=args.max_length)
+    gaussian = model.config.latent == "gaussian"
+    if args.values is not None and not gaussian:
+        raise InputError(f"--values sets a Gaussian latent's value; {args.model} has latent={model.config.latent!r}, "
+                         "whose traversal visits each of its categories (drop --values)")
+    rows = _explore(model.traverse, args.text, args.latent, max_length=args.max_length,
+                    **({"values": args.values} if args.values is not None else {}))
     if args.plot:
         from .plots import traversal_table
         traversal_table(args.text, args.latent, rows, args.plot)
-    _emit(args, [{**r, "mark": "*" if r["original"] else ""} for r in rows], ["category", "mark", "text"])
+    _emit(args, [{**r, "mark": "*" if r["original"] else ""} for r in rows], ["value" if gaussian else "category", "mark", "text"])
     return 0
 
 
@@ -300,7 +318,7 @@ def cmd_factors(args) -> int:
 
     from . import factors as fx
 
-    model = _explore_model(args, categorical=False)
+    model = _explore_model(args)
     if model.config.latent == "none":
         raise InputError(f"{args.model} has no latent (latent='none'): there are no codes to score")
     texts, labels = _factor_data(args)
@@ -429,11 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = model_command("interpolate", cmd_interpolate, "a path of sentences between A and B in code space", texts=False)
     p.add_argument("a")
     p.add_argument("b")
-    p.add_argument("--method", default="hamming", choices=["hamming", "simplex"])
-    p.add_argument("--steps", type=int, default=5, help="points on a simplex path")
-    p = model_command("traverse", cmd_traverse, "decode a sentence with one latent set to each category", texts=False)
+    p.add_argument("--method", choices=["hamming", "simplex", "linear"],
+                   help="categorical: hamming (the default) or simplex; Gaussian: linear (the default and only one)")
+    p.add_argument("--steps", type=int, default=5, help="points on a simplex or linear path")
+    p = model_command("traverse", cmd_traverse, "decode a sentence with one latent set to each category (Gaussian: "
+                      "to each of --values)", texts=False)
     p.add_argument("text")
     p.add_argument("--latent", type=int, required=True)
+    p.add_argument("--values", type=float, nargs="+", help="Gaussian models: the values to set the latent to "
+                   "(default -3 .. 3, in prior standard deviations)")
     p.add_argument("--plot", help="also draw the table to this PNG file")
 
     p = sub.add_parser("factors", help="how well the codes line up with labelled factors: NMI, MIG, SAP, DCI, probes")

@@ -78,13 +78,14 @@ def traversal_table(text: str, latent: int, rows: list[dict], png_path: str | Pa
     if plt is None:
         return
     own = next((r["text"] for r in rows if r["original"]), None)
-    cells = [[("* " if r["original"] else "") + str(r["category"]), _shorten(r["text"]) or "(empty)"] for r in rows]
+    column = "value" if "value" in rows[0] else "category"  # a Gaussian latent's values, or a categorical's categories
+    cells = [[("* " if r["original"] else "") + str(r[column]), _shorten(r["text"]) or "(empty)"] for r in rows]
     width = max(len(_shorten(text)) + 25, *(len(c[1]) for c in cells))  # characters of the widest line
     fig_w = 1.6 + 0.095 * width
     fig, ax = plt.subplots(figsize=(fig_w, 0.75 + 0.3 * (len(rows) + 1)))
     ax.axis("off")
     label_w = 1.0 / fig_w  # one inch for the category column
-    table = ax.table(cellText=cells, colLabels=["category", "decoded sentence"], loc="upper center",
+    table = ax.table(cellText=cells, colLabels=[column, "decoded sentence"], loc="upper center",
                      cellLoc="left", colLoc="left", colWidths=[label_w, 1 - label_w], bbox=[0, 0, 1, 1])
     table.auto_set_font_size(False)
     table.set_fontsize(10)
