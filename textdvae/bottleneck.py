@@ -115,6 +115,7 @@ class CategoricalBottleneck(nn.Module):
     def forward(self, logits: Tensor, tau: float = 1.0, generator: torch.Generator | None = None) -> BottleneckOutput:
         """Posterior logits (B, N, K) -> codes, KL per latent and code embeddings; `tau` is the temperature of the
         relaxed estimators."""
+        logits = logits.float()  # sampling and the KL in fp32, under bf16 autocast too
         codes = self.sample_codes(logits, tau, generator)  # (B, N, K)
         return BottleneckOutput(codes=codes, kl_per_latent=self.kl(logits, codes), embeddings=self.embed(codes))
 
@@ -136,13 +137,13 @@ class CategoricalBottleneck(nn.Module):
         learned one (its sum over i is an unbiased estimate of KL(q(z | x) || p(z)), see kl_categorical)."""
         if self.code_prior is None:
             return kl_to_uniform(logits)
-        return kl_categorical(logits, self.code_prior(codes))
+        return kl_categorical(logits.float(), self.code_prior(codes).float())
 
     def log_prior(self, codes: Tensor) -> Tensor:
         """log p(z) of one-hot codes (B, N, K) -> (B,)."""
         if self.code_prior is None:
             return codes.new_full(codes.shape[:1], -self.num_latents * math.log(self.num_categories))
-        return log_prob_of_codes(self.code_prior(codes), codes)
+        return log_prob_of_codes(self.code_prior(codes).float(), codes)
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n codes (n, N) of category indices drawn from p(z), on the module's device."""

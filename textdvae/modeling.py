@@ -268,6 +268,25 @@ class TextDVAEPreTrainedModel(PreTrainedModel):
             init.zeros_(module.baseline_mean)
 
 
+def adaptive_target_log_probs(adaptive: nn.AdaptiveLogSoftmaxWithLoss, h: Tensor, targets: Tensor) -> Tensor:
+    """log p(target | h) under an adaptive softmax (Grave et al. 2017, https://arxiv.org/abs/1609.04309): (n, H),
+    (n,) -> (n,) in fp32. The head scores the shortlist and one entry per tail cluster; a word in cluster i gets
+    log p(cluster i) + log p(word | cluster i). The projections may run in bf16 (autocast); both log-softmax
+    normalisers run in fp32. The same values as `adaptive(h, targets).output` in fp32."""
+    cutoffs = [0, *adaptive.cutoffs]  # shortlist, then each cluster's first index, then the vocabulary size
+    head_index = targets.clone()  # (n,) the head entry that scores each target: itself, or its cluster's
+    out = torch.zeros(targets.shape, dtype=torch.float32, device=h.device)
+    for i in range(1, len(cutoffs) - 1):
+        rows = ((targets >= cutoffs[i]) & (targets < cutoffs[i + 1])).nonzero().squeeze(1)  # (m,)
+        if rows.numel() == 0:
+            continue
+        head_index[rows] = adaptive.shortlist_size + i - 1
+        local = F.log_softmax(adaptive.tail[i - 1](h[rows]).float(), dim=1)  # (m, cluster size)
+        out[rows] = local.gather(1, (targets[rows] - cutoffs[i]).unsqueeze(1)).squeeze(1)
+    head = F.log_softmax(adaptive.head(h).float(), dim=1)  # (n, shortlist + clusters)
+    return out + head.gather(1, head_index.unsqueeze(1)).squeeze(1)
+
+
 class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
     def __init__(self, config: TextDVAEConfig):
         super().__init__(config)
@@ -344,8 +363,8 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
     def token_log_probs(self, h: Tensor) -> Tensor:
         """Hidden states (..., H) -> log-probabilities over the vocabulary (..., V), exact for every head."""
         if self.adaptive is not None:
-            return self.adaptive.log_prob(h.reshape(-1, h.size(-1))).view(*h.shape[:-1], -1)
-        return F.log_softmax(self._logits(h), dim=-1)
+            return self.adaptive.log_prob(h.reshape(-1, h.size(-1)).float()).view(*h.shape[:-1], -1)
+        return F.log_softmax(self._logits(h).float(), dim=-1)
 
     def target_log_probs(self, h: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
         """log p(x_t | x_<t, z) at real positions only: (B, T, H), (B, T) -> (B, T), zero at padding.
@@ -353,9 +372,9 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         flat = mask.bool()
         h_real, y_real = h[flat], targets[flat]  # (n, H), (n,)
         if self.adaptive is not None:
-            lp = self.adaptive(h_real, y_real).output  # (n,) exact log-probabilities (Grave et al. 2017)
-        else:
-            lp = -F.cross_entropy(self._logits(h_real), y_real, reduction="none")  # (n,)
+            lp = adaptive_target_log_probs(self.adaptive, h_real, y_real)  # (n,) exact (Grave et al. 2017)
+        else:  # the normaliser in fp32 even when the head's matmul ran in bf16 (train.mixed_precision)
+            lp = -F.cross_entropy(self._logits(h_real).float(), y_real, reduction="none")  # (n,)
         out = torch.zeros(targets.shape, dtype=lp.dtype, device=lp.device)
         out[flat] = lp
         return out
@@ -405,6 +424,7 @@ class TextDVAE(TextDVAEPreTrainedModel, GenerationMixin):
         # 1. encode and sample
         if c.latent != "none" and codes is None:
             params, pooled = self.posterior(input_ids, attention_mask)
+            params = params.float()  # the KL, the sampling and the estimators in fp32, under bf16 autocast too
             if c.latent == "categorical":
                 latent_logits = params  # (B, N, K)
                 z = self.bottleneck(latent_logits, tau, generator)  # codes (B, N, K), KL (B, N), embeddings (B, N, D)

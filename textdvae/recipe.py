@@ -124,7 +124,7 @@ class TrainConfig:
     resume: bool = False  # continue from the newest checkpoint in output_dir
     iw_samples: int = 100  # importance samples for the final NLL estimate
     max_nonfinite_steps: int = 20  # consecutive non-finite losses before the run stops
-    mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
+    mixed_precision: str = "no"  # no | bf16 (CPUs with AVX-512 BF16 or AMX, and GPUs) | fp16 (GPU)
     # Experiment trackers that get log.jsonl's numbers and the recipe, through accelerate's tracker API: any of
     # accelerate's names (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, trackio, swanlab). The default
     # writes TensorBoard events to output_dir/textdvae/ when tensorboard is installed (pip install

@@ -108,7 +108,10 @@ class Trainer:
         launched = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
         trackers, missing = available_trackers(self.cfg.log_with)
         # Without a GPU accelerate would start `launched` independent single-process runs; cpu=True gives gloo DDP
-        self.accelerator = Accelerator(mixed_precision=self.cfg.mixed_precision,
+        # bf16 is autocast around the training forward only (`_autocast`), here rather than through accelerate, whose
+        # wrapper would put every forward of the model, validation and test included, under it: evaluation stays
+        # exact in fp32. fp16 (GPU) needs accelerate's loss scaler, so it goes through accelerate.
+        self.accelerator = Accelerator(mixed_precision="fp16" if self.cfg.mixed_precision == "fp16" else "no",
                                        cpu=launched > 1 and not _has_gpu(),
                                        log_with=trackers, project_dir=str(self.out))
         if launched > 1 and self.accelerator.num_processes != launched:
@@ -342,7 +345,7 @@ class Trainer:
                     batch = data_lib.collate(self.data.splits["train"].rows(rows), pad_id)
                 beta, tau = self.schedules(self.step)
                 self.model.train()
-                with acc.autocast():
+                with self._autocast():
                     out = self.model(batch["input_ids"].to(acc.device), batch["attention_mask"].to(acc.device),
                                      tau=tau, beta=beta, free_bits=cfg.free_bits, word_dropout=cfg.word_dropout)
                 loss = out.loss
@@ -426,6 +429,14 @@ class Trainer:
         sums = torch.stack([p.detach().double().sum() for p in self.unwrapped.parameters()])[None]
         gathered = self.accelerator.gather(sums.to(self.accelerator.device)).cpu()
         return bool((gathered == gathered[0]).all())
+
+    def _autocast(self):
+        """The training forward's precision: bf16 matrix products (and GRU, attention) under autocast with fp32
+        master weights, optimizer state, loss terms, KL and softmax normalisers (the model upcasts those);
+        fp16 through accelerate; else fp32."""
+        if self.cfg.mixed_precision == "bf16":
+            return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16)
+        return self.accelerator.autocast()
 
     def schedules(self, step: int) -> tuple[float, float]:
         cfg = self.cfg

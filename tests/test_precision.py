@@ -1,0 +1,80 @@
+"""train.mixed_precision: bf16 on CPU: the matrix products (and the GRU) run in bf16 under autocast while the loss
+terms, the KL, the softmax normalisers, the master weights and the optimizer state stay fp32, and evaluation is
+exact fp32.
+
+The adaptive softmax's target log-probabilities against torch's own module (same values in fp32, fp32 under
+autocast); a forward under autocast against the fp32 one; a tiny bf16 training run whose weights and optimizer
+state are fp32, which learns, and whose logged validation equals an fp32 evaluation of the same weights.
+"""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from textdvae import TextDVAE, TextDVAEConfig
+from textdvae import recipe as recipe_lib
+from textdvae.evaluation import elbo_pass
+from textdvae.modeling import adaptive_target_log_probs
+from textdvae.training import Trainer
+
+from conftest import ROOT, TINY, TINY_MODEL
+
+RECIPE = ROOT / "recipes" / "quickstart.yaml"
+
+
+def test_adaptive_target_log_probs_match_torch_and_stay_fp32_under_autocast():
+    torch.manual_seed(0)
+    adaptive = nn.AdaptiveLogSoftmaxWithLoss(16, 50, [10, 30], div_value=2.0)
+    h = torch.randn(200, 16)
+    targets = torch.randint(0, 50, (200,))
+    targets[:3] = torch.tensor([0, 10, 49])  # the shortlist and both clusters, at their edges
+    ours = adaptive_target_log_probs(adaptive, h, targets)
+    assert torch.equal(ours, adaptive(h, targets).output)  # the same operations, the same bits
+    full = adaptive.log_prob(h)  # (200, 50): every word, normalised
+    torch.testing.assert_close(ours, full.gather(1, targets[:, None]).squeeze(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = adaptive_target_log_probs(adaptive, h, targets)
+        assert adaptive.head(h).dtype == torch.bfloat16  # the projections did run in bf16
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, ours, atol=0.05, rtol=0.02)  # bf16 inputs: 8 bits of mantissa
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(prior="autoregressive", adaptive_softmax_cutoffs=[8, 16]),
+                                dict(latent="gaussian", latent_dim=4)])
+def test_a_forward_under_bf16_autocast_keeps_its_loss_terms_in_fp32(kw):
+    torch.manual_seed(0)
+    model = TextDVAE(TextDVAEConfig(**{**TINY_MODEL, "vocab_size": 40, **kw})).train()
+    ids = torch.randint(3, 40, (8, 12))
+    mask = torch.ones_like(ids)
+    outs = []
+    for enabled in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            outs.append(model(ids, mask, generator=torch.Generator().manual_seed(1)))
+    fp32, bf16 = outs
+    for name in ("loss", "rec", "kl", "kl_per_latent"):
+        assert getattr(bf16, name).dtype == torch.float32, name
+    assert bf16.rec.mean().item() == pytest.approx(fp32.rec.mean().item(), rel=0.01)
+    assert bf16.kl.mean().item() == pytest.approx(fp32.kl.mean().item(), rel=0.05, abs=0.02)
+
+
+def test_a_bf16_run_learns_with_fp32_weights_and_evaluates_in_fp32(tmp_path, one_thread):
+    out = tmp_path / "bf16"
+    trainer = Trainer(recipe_lib.load(RECIPE, [f"output_dir={out}", *TINY, "train.mixed_precision=bf16",
+                                               "train.max_steps=120", "train.eval_every=60", "train.save_every=200",
+                                               "train.log_every=10"]))
+    trainer.train()
+    model = trainer.unwrapped
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights
+    state = trainer.optimizer.state_dict()["state"]
+    assert state and all(v.dtype == torch.float32 for s in state.values() for k, v in s.items() if k != "step")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if r.get("split") == "eval"]
+    assert evals[-1]["rec"] < evals[0]["rec"] - 5  # it learns
+    # the logged validation pass is fp32: the same weights, loaded into a fresh model (no wrapper of any kind),
+    # give the same numbers
+    fresh = TextDVAE.from_pretrained(out / "final").eval()
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    metrics = elbo_pass(fresh, trainer.eval_batches("eval"), trainer.accelerator, seed=trainer.cfg.seed)
+    assert metrics["rec"] == evals[-1]["rec"] and metrics["kl"] == evals[-1]["kl"]
