@@ -1,6 +1,7 @@
 """Training throughput against the way public text-VAE code trains, and against this machine's matmul peak.
 
     python benchmarks/throughput.py [--json benchmarks/results/throughput.json] [--steps 20] [--repeats 3]
+        [--precision recipe|fp32|bf16 ...] [--readme]
 
 For each recipe (the PTB GRU and Transformer models, and the quick-start model) in one process:
 - `train_tokens_per_s`: forward + backward + AdamW step of the real model on real sentences (Penn Treebank from
@@ -19,8 +20,9 @@ For each recipe (the PTB GRU and Transformer models, and the quick-start model) 
     Transformer block:                     2 * (4 * D * D + 2 * D * F) per token + attention 2 * 2 * L * D
                                           (L = keys a query attends to; causal: the prefix it really sees)
     latent layers (once per sentence):     posterior 2 * P * N * K, code embeddings 2 * N * K * D, conditioning
-  `achieved_gflops` = flops_per_token * tokens/s; `mfu` = that / `peak_gflops`, the median of 2048 x 2048 fp32
-  matmuls measured in the same run.
+  `achieved_gflops` = flops_per_token * tokens/s; `mfu` = that / `peak_gflops`, the median of 2048 x 2048 matmuls
+  in the dtype the model runs in (fp32, or bf16 for a recipe with train.mixed_precision: bf16, or --precision bf16),
+  measured in the same run beside the other dtype's (`peak_gflops_fp32`, `peak_gflops_bf16`). The reference is fp32.
 - `encode_sentences_per_s` (posterior of batches of 256), `decode_tokens_per_s` (incremental greedy decoding of
   256 codes: positions computed per second, batch x steps run, so an untrained model's early end-of-sentence does
   not change the figure), `peak_rss_mb` (this process's peak resident memory after the model's runs; a fresh process per model).
@@ -46,6 +48,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ptb import replace_between  # noqa: E402
+
 PTB = ROOT.parent / "shared" / "data" / "ptb"
 # words + one end-of-sentence per sentence (929,589), less the 7 tokens that max_length 80 cuts from the 4 longest
 # sentences: the 929,582 the training run itself counts (metrics.json data.train.n_tokens)
@@ -146,8 +151,9 @@ def model_flops(config, batch: dict[str, torch.Tensor]) -> float:
 
 # ---- measurement --------------------------------------------------------------------------------------------------
 
-def matmul_peak(n: int = 2048, repeats: int = 7) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, repeats: int = 7, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of an n x n matrix product in `dtype` (bf16: this CPU's AVX-512 BF16 or AMX kernels), median."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     times = []
     for _ in range(repeats):
@@ -165,7 +171,7 @@ def load_sentences(name: str) -> list[str]:
     return [json.loads(line)["text"] for line in (ROOT / "data/train.jsonl").read_text().splitlines()]
 
 
-def run_model(name: str, steps: int, repeats: int, queue) -> None:
+def run_model(name: str, steps: int, repeats: int, precision: str, queue) -> None:
     from textdvae import recipe as recipe_lib
     from textdvae.data import collate, encode, make_batches
     from textdvae.explore import greedy_decode
@@ -181,6 +187,7 @@ def run_model(name: str, steps: int, repeats: int, queue) -> None:
     configure_model_for_tokenizer(recipe, tok)
     ids, _ = encode(tok, texts, recipe.data.max_length)
     cfg, tc = recipe.model, recipe.train
+    bf16 = (tc.mixed_precision if precision == "recipe" else precision) == "bf16"  # ours runs in this dtype
     model = TextDVAE(cfg)
     opt = build_optimizer(model, tc)  # the optimizer training uses
     batches = make_batches([len(s) for s in ids], tc.batch_size, shuffle=True, seed=0)
@@ -203,7 +210,8 @@ def run_model(name: str, steps: int, repeats: int, queue) -> None:
         flops = sum(model_flops(cfg, b) for b in chunk)  # counted outside the timed loop
         tokens, t0 = 0, time.perf_counter()
         for b in chunk:
-            out = model(b["input_ids"], b["attention_mask"], tau=1.0, beta=1.0, free_bits=tc.free_bits)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as training does (Trainer._autocast)
+                out = model(b["input_ids"], b["attention_mask"], tau=1.0, beta=1.0, free_bits=tc.free_bits)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -223,7 +231,7 @@ def run_model(name: str, steps: int, repeats: int, queue) -> None:
         return time.perf_counter() - t0, tokens
 
     ours(batches[:2]), reference(ref_batches[:2])  # warm-up: allocator, thread pools
-    peak = [matmul_peak()]
+    peak, peak_bf16 = [matmul_peak()], [matmul_peak(dtype=torch.bfloat16)]
     ours_rates, ref_rates, gflops = [], [], []
     for r in range(repeats):
         chunk = batches[(r + 1) * steps:(r + 2) * steps]
@@ -233,6 +241,7 @@ def run_model(name: str, steps: int, repeats: int, queue) -> None:
         t, n = reference(ref_batches[(r + 1) * steps:(r + 2) * steps])
         ref_rates.append(n / t)
         peak.append(matmul_peak())
+        peak_bf16.append(matmul_peak(dtype=torch.bfloat16))
     rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # encode and decode
     model.eval()
@@ -254,7 +263,8 @@ def run_model(name: str, steps: int, repeats: int, queue) -> None:
         out = greedy_decode(model, cond, 256, 30)
         dec_rate = 256 * max(len(s) for s in out) / (time.perf_counter() - t0)  # the loop ran max(len) steps
     train_rate, ref_rate = statistics.median(ours_rates), statistics.median(ref_rates)
-    peak_gflops = statistics.median(peak)
+    peak_fp32, peak_bf16 = statistics.median(peak), statistics.median(peak_bf16)
+    peak_gflops = peak_bf16 if bf16 else peak_fp32  # MFU against the peak of the dtype the model runs in
     achieved = statistics.median(gflops)
     queue.put({
         "model": name, "encoder_type": cfg.encoder_type, "decoder_type": cfg.decoder_type, "hidden_dim": cfg.hidden_dim,
@@ -264,14 +274,34 @@ def run_model(name: str, steps: int, repeats: int, queue) -> None:
         "train_tokens_per_s": round(train_rate, 1), "reference_train_tokens_per_s": round(ref_rate, 1),
         "speedup": round(train_rate / ref_rate, 3),
         "flops_per_token": round(achieved * 1e9 / train_rate), "achieved_gflops": round(achieved, 2),
-        "peak_gflops": round(peak_gflops, 2), "mfu": round(achieved / peak_gflops, 3),
+        "precision": "bf16" if bf16 else "fp32", "peak_gflops": round(peak_gflops, 2),
+        "peak_gflops_fp32": round(peak_fp32, 2), "peak_gflops_bf16": round(peak_bf16, 2),
+        "mfu": round(achieved / peak_gflops, 3),
         "reference_flops_per_token": reference_flops_per_token(cfg.vocab_size, cfg.embed_dim, cfg.hidden_dim),
         "reference_mfu": round(ref_rate * reference_flops_per_token(cfg.vocab_size, cfg.embed_dim, cfg.hidden_dim) / 1e9
-                               / peak_gflops, 3),
+                               / peak_fp32, 3),  # the reference runs in fp32
         "encode_sentences_per_s": round(enc_rate, 1) if enc_rate else None, "decode_tokens_per_s": round(dec_rate, 1),
         "peak_rss_mb": round(rss_train, 1), "epoch_minutes": round(PTB_EPOCH_TOKENS / train_rate / 60, 2),
         "ours_rates": [round(x) for x in ours_rates], "reference_rates": [round(x) for x in ref_rates],
     })
+
+
+MARKERS = ("<!-- throughput-table: written by benchmarks/throughput.py -->", "<!-- /throughput-table -->")
+
+
+def readme_table(rows: list[dict], command: str) -> list[str]:
+    head = ("| model | precision | train tokens/s | reference tokens/s | speedup | FLOPs/token | GFLOP/s | peak GFLOP/s "
+            "(its dtype) | MFU | reference MFU | encode sent./s | decode tokens/s | peak RSS MB | PTB epoch min |")
+    out = [f"Command: `{command}` ({torch.get_num_threads()} thread{"s" if torch.get_num_threads() > 1 else ""}).", "", head, "|" + "---|" * head.count(" | ")
+           + "---|"]
+    for r in rows:
+        enc = f"{r['encode_sentences_per_s']:,.0f}" if r["encode_sentences_per_s"] else "-"
+        out.append(f"| {r['model']} | {r['precision']} | {r['train_tokens_per_s']:,.0f} | "
+                   f"{r['reference_train_tokens_per_s']:,.0f} | **{r['speedup']:.2f}x** | "
+                   f"{r['flops_per_token'] / 1e6:.3g}M | {r['achieved_gflops']:.1f} | {r['peak_gflops']:.1f} | "
+                   f"**{r['mfu']:.2f}** | {r['reference_mfu']:.2f} | {enc} | {r['decode_tokens_per_s']:,.0f} | "
+                   f"{r['peak_rss_mb']:,.0f} | {r['epoch_minutes']:.2f} |")
+    return out
 
 
 def main() -> None:
@@ -281,6 +311,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (medians are reported)")
     parser.add_argument("--models", nargs="*", default=DEFAULT_MODELS, choices=list(RECIPES),
                         help="the baselines ptb_gru_lm and ptb_gru_gaussian are measured on request")
+    parser.add_argument("--precision", nargs="+", default=["recipe"], choices=["recipe", "fp32", "bf16"],
+                        help="ours in the recipe's train.mixed_precision (default), or each of these: a row per "
+                             "model and precision (the reference is always fp32)")
+    parser.add_argument("--readme", action="store_true", help="write the table to README.md between its markers")
     args = parser.parse_args()
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
     print(f"# {command}\n# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
@@ -288,17 +322,16 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     rows = []
     for name in args.models:  # a fresh process per model, so peak RSS is the model's own
-        queue = ctx.Queue()
-        proc = ctx.Process(target=run_model, args=(name, args.steps, args.repeats, queue))
-        proc.start()
-        rows.append(queue.get())
-        proc.join()
-    cols = ["model", "train_tokens_per_s", "reference_train_tokens_per_s", "speedup", "flops_per_token",
-            "achieved_gflops", "peak_gflops", "mfu", "reference_mfu", "encode_sentences_per_s", "decode_tokens_per_s",
-            "peak_rss_mb", "epoch_minutes"]
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+        for precision in args.precision:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=run_model, args=(name, args.steps, args.repeats, precision, queue))
+            proc.start()
+            rows.append(queue.get())
+            proc.join()
+    table = readme_table(rows, command)
+    print("\n".join(table))
+    if args.readme:
+        replace_between(ROOT / "README.md", *MARKERS, ["", *table, ""])
     if args.json:
         top = next((r for r in rows if r["model"] == "ptb_gru"), rows[0])
         keys = ["train_tokens_per_s", "reference_train_tokens_per_s", "speedup", "mfu", "peak_gflops",
