@@ -107,7 +107,7 @@ def main() -> None:
             row["gflops_bf16"] = round(2 * 2048 ** 3 / row["bf16_ms"] / 1e6, 1)
         rows.append(row)
         print(row, flush=True)
-    table = [f"Command: `{command}` ({threads} thread{"s" if threads > 1 else ""}, fp32 and bf16 alternating, medians of {args.repeats}).", "",
+    table = [f"Command: `{command}` ({threads} thread{'s' if threads > 1 else ''}, fp32 and bf16 alternating, medians of {args.repeats}).", "",
              "| part (forward + backward) | fp32 ms | bf16 ms | bf16 speedup |", "|---|---|---|---|"]
     for r in rows:
         extra = f" ({r['gflops_fp32']:.0f} / {r['gflops_bf16']:.0f} GFLOP/s)" if "gflops_fp32" in r else ""

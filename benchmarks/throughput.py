@@ -292,7 +292,7 @@ MARKERS = ("<!-- throughput-table: written by benchmarks/throughput.py -->", "<!
 def readme_table(rows: list[dict], command: str) -> list[str]:
     head = ("| model | precision | train tokens/s | reference tokens/s | speedup | FLOPs/token | GFLOP/s | peak GFLOP/s "
             "(its dtype) | MFU | reference MFU | encode sent./s | decode tokens/s | peak RSS MB | PTB epoch min |")
-    out = [f"Command: `{command}` ({torch.get_num_threads()} thread{"s" if torch.get_num_threads() > 1 else ""}).", "", head, "|" + "---|" * head.count(" | ")
+    out = [f"Command: `{command}` ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}).", "", head, "|" + "---|" * head.count(" | ")
            + "---|"]
     for r in rows:
         enc = f"{r['encode_sentences_per_s']:,.0f}" if r["encode_sentences_per_s"] else "-"
