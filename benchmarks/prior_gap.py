@@ -1,6 +1,6 @@
 """How much of a discrete model's KL is information, and how much is the shape of its uniform prior?
 
-    python benchmarks/prior_gap.py runs/ptb/gru/final [--samples 4] [--json benchmarks/results/ptb_prior_gap.json]
+    python benchmarks/prior_gap.py runs/ptb/gru/final [--samples 4] [--fit-steps 3000] [--json benchmarks/results/ptb_prior_gap.json]
 
 The data (train and test splits) come from the model's recipe.yaml with the local PTB files, as `textdvae eval`
 reads them. The measurement, and what each row means, is `textdvae.prior_gap`: the test ELBO of the same encoder
@@ -29,6 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a trained model's final/ folder (with its recipe.yaml)")
     parser.add_argument("--samples", type=int, default=4, help="codes drawn per test sentence")
+    parser.add_argument("--fit-steps", type=int, default=0, help="also fit a MADE and a small code Transformer to the "
+                        "training codes (this many Adam steps each) and score held-out codes under both")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
@@ -37,7 +39,7 @@ def main() -> None:
     model, splits = load_trained(args.model)
     if model.config.latent != "categorical":
         sys.exit(f"prior_gap.py: {args.model} has latent={model.config.latent!r}; it measures categorical codes")
-    res = prior_gap(model, splits["train"], splits["test"], samples=args.samples)
+    res = prior_gap(model, splits["train"], splits["test"], samples=args.samples, fit_steps=args.fit_steps)
     res["model"] = args.model
     print(f"PTB test, {res['n_test']} sentences x {args.samples} codes; priors fitted on {res['n_train']} training "
           f"sentences; N={res['num_latents']} K={res['num_categories']}; -log p(x|z) {res['rec']:.2f}, "
