@@ -44,6 +44,7 @@ EST_PIN = ["train.free_bits=0.4", "train.weight_decay=0.0", "model.decoder_layer
            "model.prior=uniform"]
 VARIANTS = {  # name -> (recipe, extra overrides)
     "gru": ("ptb_gru", []),
+    "gru_bf16": ("ptb_gru", ["train.mixed_precision=bf16"]),  # the headline under bf16 autocast (issue 27)
     "transformer": ("ptb_transformer", []),
     "lm": ("ptb_gru_lm", []),
     "gaussian": ("ptb_gru_gaussian", []),
