@@ -85,6 +85,8 @@ def _mean_tokens(texts: list[str]) -> float:
 
 
 def _lm_nll_per_token(lm, texts: list[str], batch_size: int = 256) -> float:
+    """The LM's NLL per token (end-of-sentence included); a midpoint that decoded to the empty sentence is scored as
+    end-of-sentence alone."""
     import torch
 
     from textdvae import explore
@@ -92,7 +94,7 @@ def _lm_nll_per_token(lm, texts: list[str], batch_size: int = 256) -> float:
     total, tokens = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            batch = explore.tokenize(lm, texts[i:i + batch_size])
+            batch = explore.tokenize(lm, texts[i:i + batch_size], allow_empty=True)
             rec = lm.reconstruction(batch["input_ids"], batch["attention_mask"], None)  # (B,) -log p(x), nats
             total += float(rec.sum())
             tokens += int(batch["attention_mask"].sum())

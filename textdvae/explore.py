@@ -25,12 +25,13 @@ def max_tokens(model) -> int:
     return c.max_position_embeddings if "transformer" in (c.encoder_type, c.decoder_type) else GRU_MAX_TOKENS
 
 
-def tokenize(model, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
-    """Texts -> right-padded ids ending with EOS, as in training. Empty texts are refused, long ones truncated to
+def tokenize(model, texts: list[str], max_length: int | None = None, allow_empty: bool = False) -> dict[str, Tensor]:
+    """Texts -> right-padded ids ending with EOS, as in training. Empty texts are refused (or, `allow_empty`, the
+    sentence of EOS alone: what a language model scores for a decoder that ended at once), long ones truncated to
     `max_length` tokens (EOS included; default: what the model's positions allow)."""
     from .data import clip_characters, collate, with_eos
 
-    texts = _check_texts(texts)
+    texts = list(texts) if allow_empty else _check_texts(texts)
     limit = min(max_length or max_tokens(model), max_tokens(model))
     ids = model.tokenizer(clip_characters(list(texts), limit), add_special_tokens=False)["input_ids"]
     seqs = [with_eos(s, limit, model.config.eos_token_id) for s in ids]
