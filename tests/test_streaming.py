@@ -147,11 +147,10 @@ def test_two_processes_streamed_killed_and_resumed_is_bitwise_identical(corpus, 
     resumed = run(out, "train.resume=true")
     assert f"resumed from {killed_at}" in resumed.stdout + resumed.stderr
     assert_bitwise_equal(weights(out), weights(reference))
-    # validation records match exactly; the training records' running loss means do not: the checkpoint keeps only
-    # the main process's partial sums (trainer.json "running"), which every process restores (not a data issue)
-    logs = [[r for r in training_log(d) if "split" in r] for d in (out, reference)]
-    assert logs[0] == logs[1] and logs[0]
-    assert [r["step"] for r in training_log(out)] == [r["step"] for r in training_log(reference)]
+    # every record, the training records' running means included: each process restores its own partial sums
+    # (trainer.json "running_per_process"), which the log line averages over processes
+    assert training_log(out) == training_log(reference)
+    assert any("split" in r for r in training_log(out))
 
 
 def _descendants(pid: int) -> list[int]:

@@ -574,8 +574,9 @@ class Trainer:
             from accelerate.utils import gather_object
             rngs = gather_object([rng])  # every process's own streams, in rank order
             streams = gather_object([stream]) if stream is not None else None
+            running = gather_object([self.running])  # each process's partial sums since the last log line
         else:
-            rngs, streams = [rng], [stream] if stream is not None else None
+            rngs, streams, running = [rng], [stream] if stream is not None else None, [self.running]
         if not self.is_main:
             return
         folder = self.ckpt_dir / checkpoint_name(self.step)
@@ -583,7 +584,7 @@ class Trainer:
             return  # already saved at this step (Ctrl-C right after a periodic checkpoint)
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rngs,
                  "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None}
-        counters = self._counters()
+        counters = {**self._counters(), "running_per_process": running}
         if streams is not None:  # data.streaming: every process's stream position, in rank order
             counters["stream_positions"] = streams
         write_checkpoint(folder, self.unwrapped.state_dict(), counters, state)
@@ -627,6 +628,9 @@ class Trainer:
         self.best_elbo = trainer["best_elbo"]
         self.nonfinite_total, self.nonfinite_run = trainer["nonfinite_steps"], trainer["nonfinite_run"]
         self.log_lines, self.elapsed, self.running = trainer["log_lines"], trainer["elapsed_s"], trainer["running"]
+        per_process = trainer.get("running_per_process") or []
+        if len(per_process) == self.world:  # this process's own partial sums (the log line averages every process's)
+            self.running = per_process[self.rank]
         if self.rate is not None and trainer.get("rate_controller"):
             self.rate.load_state_dict(trainer["rate_controller"])
         self._saved_step = self.step
