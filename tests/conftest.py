@@ -1,4 +1,4 @@
-"""What the test files share: the tiny-model recipe overrides, the CLI in a subprocess, a private datasets cache,
+"""What the test files share: the tiny-model recipe overrides, the CLI in a subprocess or in this process, a private datasets cache,
 the enumeration of every code of a small latent space, and the suite's one full-size training run (the quick-start
 recipe), started in the background as soon as a selected test needs it."""
 
@@ -39,6 +39,27 @@ def textdvae(*args, check: bool = True, timeout: int = 900) -> subprocess.Comple
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def textdvae_here(*args, cache: Path) -> None:
+    """`textdvae ARGS` in this process, as `textdvae(...)` runs it in a child (one thread, the repository root, a
+    datasets cache of its own), without the child's start-up: its runs are bitwise those of a child. Fails on a
+    non-zero exit."""
+    import datasets
+
+    from textdvae.cli import main
+
+    threads, cwd, old_cache = torch.get_num_threads(), os.getcwd(), datasets.config.HF_DATASETS_CACHE
+    torch.set_num_threads(1)
+    os.chdir(ROOT)
+    datasets.config.HF_DATASETS_CACHE = cache
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
+        os.chdir(cwd)
+        datasets.config.HF_DATASETS_CACHE = old_cache
+    assert code == 0, f"textdvae {' '.join(map(str, args))} exited {code}"
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:

@@ -27,7 +27,7 @@ from textdvae.modeling import TextDVAE
 from textdvae.checkpointing import latest_checkpoint
 from textdvae.training import Trainer, TrainingError
 
-from conftest import ROOT, TINY, cli_env, textdvae
+from conftest import ROOT, TINY, cli_env, textdvae_here
 
 RECIPE = "recipes/quickstart.yaml"
 pytestmark = pytest.mark.usefixtures("datasets_cache")
@@ -75,7 +75,7 @@ def training_log(run_dir: Path) -> list[dict]:
 def reference(tmp_path_factory):
     """The uninterrupted run every interrupted one must reproduce."""
     out = tmp_path_factory.mktemp("reference")
-    textdvae("train", RECIPE, f"output_dir={out}", *FAULT_RUN)
+    textdvae_here("train", RECIPE, f"output_dir={out}", *FAULT_RUN, cache=out.parent / "reference_cache")
     return out
 
 
@@ -83,7 +83,7 @@ def reference(tmp_path_factory):
 # ---- faults ---------------------------------------------------------------------------------------------------------
 
 
-def test_resume_after_sigkill_is_bitwise_identical(reference, tmp_path):
+def test_resume_after_sigkill_is_bitwise_identical(reference, tmp_path, capsys):
     out = tmp_path / "killed"
     proc = start("train", RECIPE, f"output_dir={out}", *FAULT_RUN)
     wait_for(lambda: latest_checkpoint(out / "checkpoints") is not None, proc)
@@ -96,8 +96,9 @@ def test_resume_after_sigkill_is_bitwise_identical(reference, tmp_path):
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"\x00" * 10)
 
-    resumed = textdvae("train", RECIPE, f"output_dir={out}", *FAULT_RUN, "train.resume=true")
-    assert f"resumed from {killed_at}" in resumed.stdout and not half.exists()
+    capsys.readouterr()
+    textdvae_here("train", RECIPE, f"output_dir={out}", *FAULT_RUN, "train.resume=true", cache=tmp_path / "cache")
+    assert f"resumed from {killed_at}" in capsys.readouterr().out and not half.exists()
     assert_bitwise_equal(weights(out), weights(reference))
     # the log continues where the checkpoint was: every training and validation record as in the uninterrupted run
     assert training_log(out) == training_log(reference)

@@ -29,7 +29,7 @@ from textdvae.redact import is_credential_key, public_recipe, without_credential
 from textdvae.training import Trainer, TrainingError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_server import RESULT_MARK, HubServer, child_result, run_cli_with_hub, run_with_hub  # noqa: E402
+from hub_server import RESULT_MARK, HubServer, child_result, run_with_hub  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "quickstart.yaml"
@@ -401,14 +401,29 @@ def hub():
         yield server
 
 
-@pytest.mark.parametrize("token, message", [("hf_wrong", "invalid token"), ("hf_read", "token is read-only")])
-def test_a_bad_token_stops_training_before_it_starts(hub, tmp_path, token, message):
-    out = tmp_path / "run"
-    proc = run_cli_with_hub(["train", str(RECIPE), f"output_dir={out}", *TINY, "hub.repo_id=user/never"], hub,
-                            token=token, cwd=ROOT)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert not (out / "log.jsonl").exists() and not (out / "checkpoints").exists()  # nothing trained
+def test_a_bad_token_stops_training_before_it_starts(hub, tmp_path):
+    """The command line's main in one child wired to the loopback Hub, once per bad token (read from HF_TOKEN at
+    each call): exit 2 with the reason, no traceback, nothing trained."""
+    cases = {"hf_wrong": "invalid token", "hf_read": "token is read-only"}
+    code = f"""
+import contextlib, io, json, os
+from textdvae.cli import main
+out = {{}}
+for token in {list(cases)!r}:
+    os.environ["HF_TOKEN"] = token
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["train", {str(RECIPE)!r}, "output_dir=" + {str(tmp_path)!r} + "/" + token, *{TINY!r},
+                   "hub.repo_id=user/never"])
+    out[token] = [rc, err.getvalue()]
+print({RESULT_MARK!r} + json.dumps(out), flush=True)
+"""
+    result = child_result(run_with_hub(code, hub, cwd=ROOT))
+    for token, message in cases.items():
+        rc, stderr = result[token]
+        assert rc == 2 and message in stderr and "Traceback" not in stderr, (token, stderr)
+        out = tmp_path / token
+        assert not (out / "log.jsonl").exists() and not (out / "checkpoints").exists()  # nothing trained
 
 
 def test_push_sends_only_a_models_files_and_cleans_up_after_a_failure(hub, run, tmp_path):

@@ -12,7 +12,8 @@ from textdvae.checkpointing import latest_checkpoint
 from textdvae.data import TrainStream
 from textdvae.recipe import DataConfig
 from textdvae.tokenization import build_tokenizer
-from test_faults import RECIPE, assert_bitwise_equal, start, textdvae, training_log, wait_for, weights
+from conftest import textdvae_here
+from test_faults import RECIPE, assert_bitwise_equal, start, training_log, wait_for, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,9 +89,9 @@ def test_streaming_needs_max_steps():
         recipe_lib.load(ROOT / RECIPE, ["data.streaming=true", "train.max_steps=null"])
 
 
-def test_streamed_run_killed_and_resumed_is_bitwise_identical(corpus, tmp_path):
+def test_streamed_run_killed_and_resumed_is_bitwise_identical(corpus, tmp_path, capsys):
     reference = tmp_path / "reference"
-    textdvae("train", RECIPE, f"output_dir={reference}", *stream_run(corpus))
+    textdvae_here("train", RECIPE, f"output_dir={reference}", *stream_run(corpus), cache=tmp_path / "cache")
     out = tmp_path / "killed"
     proc = start("train", RECIPE, f"output_dir={out}", *stream_run(corpus))
     wait_for(lambda: latest_checkpoint(out / "checkpoints") is not None, proc)
@@ -100,40 +101,88 @@ def test_streamed_run_killed_and_resumed_is_bitwise_identical(corpus, tmp_path):
     killed_at = latest_checkpoint(out / "checkpoints")
     saved = json.loads((killed_at / "trainer.json").read_text())
     assert saved["stream_positions"][0]["state"] is not None
-    resumed = textdvae("train", RECIPE, f"output_dir={out}", *stream_run(corpus), "train.resume=true")
-    assert f"resumed from {killed_at}" in resumed.stdout
+    capsys.readouterr()
+    textdvae_here("train", RECIPE, f"output_dir={out}", *stream_run(corpus), "train.resume=true", cache=tmp_path / "cache")
+    assert f"resumed from {killed_at}" in capsys.readouterr().out
     assert_bitwise_equal(weights(out), weights(reference))
     assert training_log(out) == training_log(reference)
     data = [json.loads((d / "metrics.json").read_text())["data"] for d in (out, reference)]
     assert data[0] == data[1] and data[0]["train_stream"]["n_sentences"] > 250  # counts resumed; epochs went round
 
 
-def test_two_processes_streamed_killed_and_resumed_is_bitwise_identical(corpus, tmp_path):
-    """torchrun, 2 processes on gloo, each reading its half of the stream: SIGKILL to the whole launch, resume."""
-    import os
-    import subprocess
+def _torchrun(corpus, out, *extra) -> list[str]:
     import sys
 
     from test_distributed import free_port
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
-           "ACCELERATE_USE_CPU": "1"}
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+            "-m", "textdvae", "train", RECIPE, f"output_dir={out}", *stream_run(corpus), "train.max_steps=24",
+            "train.eval_batch_size=21", *extra]
 
-    def command(out, *extra):
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(free_port()), "-m", "textdvae", "train", RECIPE, f"output_dir={out}", *stream_run(corpus),
-                "train.max_steps=24", *extra]
 
-    def run(out, *extra):
-        proc = subprocess.run(command(out, *extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        return proc
+def _torchrun_env() -> dict:
+    import os
 
-    reference = tmp_path / "reference"
-    run(reference)
+    # ACCELERATE_USE_CPU=1: 2 processes on gloo even where a GPU is present; one thread each on this small machine
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+
+
+def _run_torchrun(corpus, out, *extra):
+    import subprocess
+
+    proc = subprocess.run(_torchrun(corpus, out, *extra), cwd=ROOT, env=_torchrun_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def two_process_run(corpus, tmp_path_factory):
+    """A categorical run under torchrun, 2 processes on gloo, each reading its half of the stream: the uninterrupted
+    run the killed one must reproduce, and the multi-process checks of tests/test_distributed.py's categorical side."""
+    out = tmp_path_factory.mktemp("two") / "reference"
+    return out, _run_torchrun(corpus, out)
+
+
+def test_torchrun_two_processes_categorical(two_process_run, tmp_path, monkeypatch):
+    """Both processes took part and their weights stayed equal; validation and test metrics count every sentence once
+    although the processes hold different numbers of rows (40 sentences in batches of 21: 11 + 10, then 10 + 9)."""
+    import torch
+
+    from textdvae import cli
+
+    out, proc = two_process_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["num_processes"] == 2 and m["replicas_in_sync"] is True and m["n_sentences"] == 40
+    # what does not depend on the codes each process sampled (exact likelihood, MI and AU of the posteriors, greedy
+    # reconstructions) is what one process computes on the same final model
+    monkeypatch.chdir(ROOT)
+    single = tmp_path / "single.json"
+    assert cli.main(["eval", str(out / "final"), "--recipe", str(out / "config.yaml"), "--split", "test",
+                     "--batch-size", "21", "--iw-samples", "4", "--json", str(single), "--plot", ""]) == 0
+    one = json.loads(single.read_text())
+    for key in ("nll_exact", "mi", "au", "code_perplexity", "rec_token_acc", "rec_bleu"):
+        assert m[key] == pytest.approx(one[key], rel=1e-5, abs=1e-5), key  # float sums in another order
+    assert abs(m["elbo"] - one["elbo"]) < 0.05 * abs(one["elbo"])  # one sampled code per sentence: close, not equal
+    # code usage gathered over both processes' posteriors: 4 latents x 4 categories, each row a distribution
+    assert len(m["code_usage"]) == 4 and all(sum(row) == pytest.approx(1.0) for row in m["code_usage"])
+    # logging and the final report happen once, in the main process
+    assert [r["step"] for r in training_log(out) if "loss" in r] == [5, 10, 15, 20, 24]
+    assert (proc.stdout + proc.stderr).count("metrics on test") == 1
+    # each process's random streams are in the checkpoint, so a resumed 2-process run goes on as it would have
+    state = torch.load(out / "checkpoints" / "step-0000021" / "state.pt", weights_only=True)
+    assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+
+
+def test_two_processes_streamed_killed_and_resumed_is_bitwise_identical(corpus, two_process_run, tmp_path):
+    """torchrun, 2 processes on gloo, each reading its half of the stream: SIGKILL to the whole launch, resume."""
+    import os
+    import subprocess
+
+    reference, _ = two_process_run
     out = tmp_path / "killed"
-    proc = subprocess.Popen(command(out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(_torchrun(corpus, out), cwd=ROOT, env=_torchrun_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     wait_for(lambda: latest_checkpoint(out / "checkpoints") is not None, proc)
     # the launcher and both workers (torchrun starts them in their own process groups), without cleanup
     tree = [proc.pid] + [int(pid) for pid in _descendants(proc.pid)]
@@ -144,7 +193,7 @@ def test_two_processes_streamed_killed_and_resumed_is_bitwise_identical(corpus, 
     killed_at = latest_checkpoint(out / "checkpoints")
     saved = json.loads((killed_at / "trainer.json").read_text())
     assert len(saved["stream_positions"]) == 2 and saved["stream_positions"][0] != saved["stream_positions"][1]
-    resumed = run(out, "train.resume=true")
+    resumed = _run_torchrun(corpus, out, "train.resume=true")
     assert f"resumed from {killed_at}" in resumed.stdout + resumed.stderr
     assert_bitwise_equal(weights(out), weights(reference))
     # every record, the training records' running means included: each process restores its own partial sums
