@@ -27,6 +27,7 @@ is therefore what a learned prior could take off the ELBO without retraining, an
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -36,6 +37,8 @@ from torch import nn
 from .bottleneck import AutoregressivePrior
 from .estimators import log_prob_of_codes
 from .evaluation import iterate_batches
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -90,13 +93,17 @@ def fit_code_prior(prior: nn.Module, codes: torch.Tensor, num_categories: int, s
     opt = torch.optim.Adam(prior.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     prior.train()
-    for _ in range(steps):
+    report = max(1, steps // 10)
+    for step in range(1, steps + 1):
         one_hot = F.one_hot(codes[torch.randint(0, codes.size(0), (batch_size,), generator=gen)], num_categories).float()
         loss = -log_prob_of_codes(prior(one_hot), one_hot).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        if step % report == 0:
+            logger.info("fitting %s: step %d of %d, training code NLL %.3f nats", type(prior).__name__, step, steps,
+                        loss.item())
     return prior.eval()
 
 
