@@ -41,7 +41,8 @@ def naive_greedy(model, codes, max_length):
         x = torch.cat([ids, torch.zeros(B, 1, dtype=torch.long)], 1)  # the last input is a placeholder
         h = model.decoder_states(x, cond)
         ids = torch.cat([ids, model.token_log_probs(h[:, -1]).argmax(-1, keepdim=True)], 1)
-    return [explore._cut(row, model.config.eos_token_id) for row in ids.tolist()]
+    eos = model.config.eos_token_id
+    return [row[: row.index(eos) + 1] if eos in row else row for row in ids.tolist()]  # up to and including EOS
 
 
 def every_code(model) -> torch.Tensor:
@@ -62,9 +63,15 @@ def test_incremental_greedy_equals_full_rerun(decoder_type):
     for eos_bias in EOS_BIASES:
         model = tiny(decoder_type, eos_bias=eos_bias)
         codes = every_code(model)  # 64 codes
+        rows = []  # the batch size of every decoder step
+        step = model.decoder.forward
+        model.decoder.forward = lambda emb, state: (rows.append(emb.size(0)), step(emb, state))[1]
         fast = explore.greedy_decode(model, model.condition(explore.as_one_hot(model, codes)), len(codes), 20)
+        del model.decoder.forward  # the naive decoder's calls are not counted
         assert fast == naive_greedy(model, codes, 20), eos_bias
         lengths |= {len(s) for s in fast}
+        # an ended sentence leaves the batch: step t decodes exactly the sentences longer than t tokens
+        assert rows == [sum(len(s) > t for s in fast) for t in range(len(rows))], eos_bias
     assert len(lengths) >= 3  # sentences of several lengths were compared, some cut at max_length
 
 
@@ -229,9 +236,18 @@ def test_large_batches_are_encoded_and_decoded_in_chunks_with_the_same_result(mo
     texts = ["the cat", "the dog .", "a big fox", "the old bird chased the fox slowly .", "fox"]
     whole = model.decode(codes), model.decode(codes[:9], strategy="beam", num_beams=3, num_return_sequences=2)
     encoded = model.encode(texts)
+    alone = torch.cat([model.encode([t])[1] for t in texts])  # each text in a batch of its own, without padding
+    assert torch.allclose(encoded[1], alone, atol=1e-6)
     monkeypatch.setattr(explore, "DECODE_ROWS", 7)
     monkeypatch.setattr(explore, "ENCODE_ROWS", 2)
     assert (model.decode(codes), model.decode(codes[:9], strategy="beam", num_beams=3, num_return_sequences=2)) == whole
+    chunked = model.encode(texts)
+    assert torch.equal(chunked[0], encoded[0]) and torch.allclose(chunked[1], encoded[1], atol=1e-6)
+    # shortest first, at most 12 tokens (rows x longest) and 2 rows a batch; one row always fits
+    assert explore.length_chunks([3, 3, 4, 9, 2], 12, 2) == [[4, 0], [1, 2], [3]]
+    assert explore.length_chunks([3, 3, 4, 9, 2], 12, 512) == [[4, 0, 1], [2], [3]]
+    assert explore.length_chunks([3, 3, 4, 9, 2], 100, 512) == [[4, 0, 1, 2, 3]]
+    monkeypatch.setattr(explore, "ENCODE_TOKENS", 12)  # the texts' lengths 3, 4, 4, 9, 2 (EOS included): 3 batches
     chunked = model.encode(texts)
     assert torch.equal(chunked[0], encoded[0]) and torch.allclose(chunked[1], encoded[1], atol=1e-6)
 
