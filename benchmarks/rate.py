@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptb import OFFLINE, ROOT, launch_recipe, replace_between  # noqa: E402
+from ptb import ROOT, launch_recipe, replace_between  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "rate.json"
 FIGURE = ROOT / "benchmarks" / "results" / "rate_distortion.png"
@@ -76,6 +76,22 @@ def interpolation_stats(model_dir: Path, lm_dir: Path | None, pairs: int, seed: 
         lm, _ = load_model(str(lm_dir))
         stats["interp_lm_nll"] = _lm_nll_per_token(lm, midpoints)
         stats["test_lm_nll"] = _lm_nll_per_token(lm, test)
+    return stats
+
+
+def cached_interpolation_stats(out: Path, lm_dir: Path | None, pairs: int) -> dict:
+    """`interpolation_stats` of the run in OUT, kept in OUT/interpolation.json and computed again only when the model,
+    the language model or the number of pairs has changed (a few minutes a row on one core)."""
+    path = out / "interpolation.json"
+    key = {"model_mtime": (out / "final" / "model.safetensors").stat().st_mtime, "pairs": pairs,
+           "lm": str(lm_dir.resolve()) if lm_dir else None,
+           "lm_mtime": (lm_dir / "model.safetensors").stat().st_mtime if lm_dir else None}
+    if path.is_file() and (saved := json.loads(path.read_text())).get("key") == key:
+        return saved["stats"]
+    t0 = time.time()
+    stats = interpolation_stats(out / "final", lm_dir, pairs)
+    print(f"{out.name}: interpolations in {time.time() - t0:.0f} s", flush=True)
+    path.write_text(json.dumps({"key": key, "stats": stats}, indent=2) + "\n")
     return stats
 
 
@@ -193,17 +209,15 @@ def main() -> None:
         out = out_root / f"rate{rate}"
         if not (out / "metrics.json").is_file():
             continue
-        t0 = time.time()
-        stats = interpolation_stats(out / "final", Path(args.lm) if args.lm else None, args.pairs)
-        print(f"rate {rate}: interpolations in {time.time() - t0:.0f} s", flush=True)
-        rows.append(row(out, rate, stats))
+        rows.append(row(out, rate, cached_interpolation_stats(out, Path(args.lm) if args.lm else None, args.pairs)))
     if args.lm:
         rows.append(row(Path(args.lm).parent, None, None))
     if not rows:
         raise SystemExit(f"no finished runs in {out_root}; train some with --rates")
     RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
     lines = table(rows)
-    command = "python benchmarks/rate.py --collect" + (f" --lm {args.lm}" if args.lm else "")
+    command = ("python benchmarks/rate.py --collect" + (f" --out {args.out}" if args.out != "runs/rate" else "")
+               + (f" --lm {args.lm}" if args.lm else ""))
     block = ["", f"Command: `{command}` (training: `python benchmarks/rate.py --rates ...`).", "", *lines, "",
              "MI is sum_i I(x; z_i), each latent's mutual information with the sentence, summed: it counts what several "
              "latents share once per latent, so it exceeds the KL when the learned prior models that sharing (the "
