@@ -14,7 +14,8 @@ a child process (`--child`) that builds `textdvae.training.Trainer` for recipes/
 * tokenization throughput: training-split sentences per second of `data.encode_split` (cold rows only).
 * steps/s over the steps after the first (from log.jsonl's elapsed_s); the warm row then swaps the training split
   for Python lists of the same ids (the in-memory representation the data module used before) and trains the same
-  steps again: ``steps/s in memory``.
+  steps again: ``steps/s in memory``, up to IN_MEMORY_MAX sentences (10M sentences as lists would take about 9 GB
+  and minutes to build: the comparison is the same at 1M).
 * peak RSS: the child's own high-water mark (VmHWM) before that swap, so the in-memory copy is not counted.
 * ``--streaming``: a ``data.streaming=true`` row (cache ``none``): the training split read as a stream in windows of
   ``data.shuffle_buffer`` sentences, its tokenizer trained on the stream's first ``tokenizer.train_samples``.
@@ -42,6 +43,7 @@ PTB = next((p for p in (ROOT.parent / "shared" / "data" / "ptb", Path("/work/sha
 RESULTS = ROOT / "benchmarks" / "results" / "data_scale.json"
 MARKERS = ("<!-- data-scale: written by benchmarks/data_scale.py -->", "<!-- /data-scale -->")
 RECIPE = ROOT / "recipes" / "ptb_gru_lm.yaml"
+IN_MEMORY_MAX = 1_000_000  # the largest corpus the warm row also trains from Python lists
 
 
 def write_corpus(folder: Path, n: int) -> Path:
@@ -161,40 +163,42 @@ def measure(args) -> list[dict]:
         if "cold" in args.caches:
             shutil.rmtree(cache, ignore_errors=True)
         for mode in args.caches:
-            result = run_child(train, folder / "run", cache, args.steps, in_memory=mode == "warm")
-            rows.append({"sentences": n, "code": "arrow", "cache": mode, **result})
+            in_memory = mode == "warm" and n <= IN_MEMORY_MAX
+            result = run_child(train, folder / "run", cache, args.steps, in_memory=in_memory)
+            rows.append({"sentences": n, "code": "arrow", "cache": mode, "steps": args.steps, **result})
             print(json.dumps(rows[-1]), flush=True)
         if args.streaming:  # the training split read as a stream: nothing cached, nothing tokenized ahead
             result = run_child(train, folder / "run_stream", cache, args.steps, streaming=True)
-            rows.append({"sentences": n, "code": "streaming", "cache": "none", **result})
+            rows.append({"sentences": n, "code": "streaming", "cache": "none", "steps": args.steps, **result})
             print(json.dumps(rows[-1]), flush=True)
         if args.baseline:
             base_cache = folder / "hf_cache_baseline"
             shutil.rmtree(base_cache, ignore_errors=True)
             result = run_child(train, folder / "run_baseline", base_cache, args.steps, pythonpath=Path(args.baseline))
-            rows.append({"sentences": n, "code": f"lists ({args.baseline})", "cache": "cold", **result})
+            rows.append({"sentences": n, "code": f"lists ({args.baseline})", "cache": "cold", "steps": args.steps,
+                         **result})
             print(json.dumps(rows[-1]), flush=True)
             shutil.rmtree(base_cache, ignore_errors=True)
     return rows
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| sentences | data path | cache | peak RSS | prepare | first step | tokenize | steps/s | "
+    lines = ["| sentences | data path | cache | peak RSS | prepare | first step | tokenize | steps | steps/s | "
              "steps/s in memory |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cold = r.get("tokenize_s", 0) > 1 and r["cache"] == "cold"
         tokenize = f"{r['n_train'] / r['tokenize_s']:,.0f} sent/s" if cold else ""
         in_memory = f"{r['steps_per_s_in_memory']:.2f}" if "steps_per_s_in_memory" in r else ""
         lines.append(f"| {r['sentences']:,} | {r['code']} | {r['cache']} | {r['peak_rss_mb'] / 1024:.2f} GB | "
-                     f"{r['prepare_s']:.1f} s | {r['first_step_s']:.1f} s | {tokenize} | {r['steps_per_s']:.2f} | "
+                     f"{r['prepare_s']:.1f} s | {r['first_step_s']:.1f} s | {tokenize} | {r['steps']} | {r['steps_per_s']:.2f} | "
                      f"{in_memory} |")
     return lines
 
 
-def write_readme(rows: list[dict], steps: int) -> None:
+def write_readme(rows: list[dict]) -> None:
     from ptb import replace_between  # noqa: E402  (benchmarks/ptb.py)
-    lines = [f"recipes/ptb_gru_lm.yaml on PTB's training sentences repeated to N, {steps} steps per row, one process, "
+    lines = ["recipes/ptb_gru_lm.yaml on PTB's training sentences repeated to N, one process, "
              "OMP_NUM_THREADS=1; `python benchmarks/data_scale.py` (rows in benchmarks/results/data_scale.json). "
              "Peak RSS is the training process's high-water mark (VmHWM, memory-mapped Arrow pages included) before "
              "the in-memory comparison. `lists` rows: the data path before the Arrow change (every sentence a Python "
@@ -223,16 +227,22 @@ def main() -> None:
     if args.child:
         return child(args)
     if args.collect:
-        saved = json.loads(RESULTS.read_text())
-        return write_readme(saved["rows"], saved["steps"])
+        return write_readme(saved_rows())
     rows = measure(args)
-    if RESULTS.is_file():  # keep the rows of earlier runs that this one did not measure again
-        key = lambda r: (r["sentences"], r["code"], r["cache"])  # noqa: E731
-        fresh = {key(r) for r in rows}
-        rows = [r for r in json.loads(RESULTS.read_text())["rows"] if key(r) not in fresh] + rows
-        rows.sort(key=lambda r: (r["sentences"], r["code"] != "arrow", r["code"], r["cache"]))
-    RESULTS.write_text(json.dumps({"steps": args.steps, "rows": rows}, indent=2) + "\n")
-    write_readme(rows, args.steps)
+    key = lambda r: (r["sentences"], r["code"], r["cache"])  # noqa: E731
+    fresh = {key(r) for r in rows}  # keep the rows of earlier runs that this one did not measure again
+    rows = [r for r in saved_rows() if key(r) not in fresh] + rows
+    rows.sort(key=lambda r: (r["sentences"], r["code"] != "arrow", r["code"], r["cache"]))
+    RESULTS.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    write_readme(rows)
+
+
+def saved_rows() -> list[dict]:
+    """The rows in the JSON, each with its own step count (files written before rows carried it: the top level's)."""
+    if not RESULTS.is_file():
+        return []
+    saved = json.loads(RESULTS.read_text())
+    return [{"steps": saved.get("steps"), **r} for r in saved["rows"]]
 
 
 if __name__ == "__main__":
