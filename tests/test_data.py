@@ -221,6 +221,33 @@ def test_prepared_splits_are_arrow_backed_and_match_encode(tmp_path):
                                        "n_tokens": 300 * 5 + 6}
 
 
+def test_cached_files_are_written_in_large_record_batches(tmp_path, monkeypatch):
+    """Opening a cached Arrow file reads every record batch's header (and the kernel reads ahead around each): the
+    raw, cleaned and tokenized training split are each written in record batches of ARROW_ROWS rows, not datasets'
+    default 1,000, and the token ids read back are the same."""
+    import pyarrow as pa
+
+    from textdvae import data as data_lib
+
+    def batch_rows(dataset) -> list[int]:
+        with pa.memory_map(dataset.cache_files[0]["filename"]) as source:
+            return [b.num_rows for b in pa.ipc.open_stream(source).read_all().to_batches()]
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    reference = data_lib.prepare_data(ptb_recipe(tmp_path / "a"))
+    monkeypatch.setattr(data_lib, "ARROW_ROWS", 120)
+    loaded = []  # what load_dataset gave the data module: the raw splits
+    load = datasets.load_dataset
+    monkeypatch.setattr(data_lib.datasets, "load_dataset", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+    texts, _ = data_lib.load_splits(ptb_recipe(tmp_path / "b").data)
+    prepared = data_lib.prepare_data(ptb_recipe(tmp_path / "b"))
+    assert batch_rows(loaded[0]["train"]) == [120, 120, 62]  # 302 lines, the blank one included
+    assert batch_rows(texts["train"]) == [120, 120, 61]  # 301 sentences
+    assert batch_rows(prepared.splits["train"].dataset) == [120, 120, 61]
+    assert list(prepared.splits["train"]) == list(reference.splits["train"])
+
+
 def test_second_preparation_reuses_the_cached_tokenizer_and_token_ids(tmp_path, monkeypatch):
     from textdvae import data as data_lib
     first = data_lib.prepare_data(ptb_recipe(tmp_path))
