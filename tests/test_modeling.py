@@ -194,22 +194,6 @@ def test_code_at_every_step_reaches_the_decoder_beyond_its_initial_state():
         assert torch.allclose(a, b) != every_step
 
 
-def test_code_attention_reaches_the_decoder_beyond_its_initial_state():
-    """With the initial-state path cut, the code still reaches -log p(x|z) through the attention. (Incremental
-    greedy and beam decoding with it: tests/test_explore.py.)"""
-    for bad in (dict(decoder_type="transformer"), dict(latent="gaussian"), dict(latent="none")):
-        with pytest.raises(ValueError, match="code_attention"):
-            tiny(code_attention=True, **bad)
-    ids, mask = batch()
-    torch.manual_seed(0)
-    model = TextDVAE(tiny(code_attention=True, decoder_layers=2)).eval()
-    torch.nn.init.zeros_(model.decoder.cond_to_h0.weight)
-    torch.nn.init.zeros_(model.decoder.cond_to_h0.bias)
-    codes = [torch.nn.functional.one_hot(torch.full((5, 3), k), 4).float() for k in (0, 3)]
-    a, b = (model(ids, mask, codes=c).rec for c in codes)
-    assert not torch.allclose(a, b)
-
-
 def test_weight_drop_masks_the_recurrent_weights_in_training_only():
     """DropConnect: in training the decoder runs with one dropped (and rescaled) copy of W_hh per batch, whose
     dropped entries get no gradient; in eval it is the plain GRU. No parameters are added, so checkpoints match."""

@@ -36,10 +36,6 @@ class TextDVAEConfig(PreTrainedConfig):
             when the code is sharp and must be copied out word for word (the quick-start corpus, whose recipe sets
             it); it hurts when the posterior is near uniform and the sampled code is mostly noise (PTB). The
             measurements (`benchmarks/conditioning.py`): benchmarks/RESULTS.md.
-        code_attention (`bool`, defaults to `False`): GRU decoder with a categorical code only. Each decoder output
-            also attends over the N code vectors (Luong et al. 2015's "general" attention, with the attentional state
-            tanh(W [h_t; context]) in place of h_t), so every word can read the latent that holds it instead of what
-            the recurrent state kept of the code since the first step. For codes of many latents (high rates).
         num_heads (`int`, defaults to 4): attention heads (Transformer only); must divide `hidden_dim`.
         ffn_dim (`int`, defaults to 1024): inner width of the Transformer feed-forward blocks.
         dropout (`float`, defaults to 0.0): dropout on embeddings and between layers.
@@ -81,7 +77,6 @@ class TextDVAEConfig(PreTrainedConfig):
     encoder_bidirectional: bool = True
     decoder_layers: int = 1
     code_at_every_step: bool = False
-    code_attention: bool = False
     num_heads: int = 4
     ffn_dim: int = 1024
     dropout: float | int = 0.0
@@ -125,11 +120,6 @@ class TextDVAEConfig(PreTrainedConfig):
         if self.code_at_every_step and self.decoder_type != "gru":
             raise ValueError("model.code_at_every_step is a GRU decoder option (a Transformer decoder attends to the "
                              "codes as a prefix at every step already); set model.decoder_type=gru or drop it")
-        if self.code_attention and (self.decoder_type != "gru" or self.latent != "categorical"):
-            raise ValueError("model.code_attention lets a GRU decoder attend over the N code vectors of a categorical "
-                             f"code, but model.decoder_type={self.decoder_type!r} and model.latent={self.latent!r}; "
-                             "set model.decoder_type=gru and model.latent=categorical, or drop it (a Transformer "
-                             "decoder attends to the codes already)")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.weight_drop < 1:

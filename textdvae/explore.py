@@ -349,8 +349,8 @@ def beam_decode(model, cond: Tensor | None, batch_size: int, max_length: int, nu
 
 
 def _reorder(state: dict, index: Tensor) -> dict:
-    """Select rows of a decoder state after a beam step: GRU {"h": (L, B, H), "in": (B, 1, E), with code attention
-    "memory": (B, M, H)}, Transformer {"caches": [{"k", "v": (B, nh, L, hs)}], "t"}."""
+    """Select rows of a decoder state after a beam step: GRU {"h": (L, B, H), "in": (B, 1, E)}, Transformer
+    {"caches": [{"k", "v": (B, nh, L, hs)}], "t"}."""
     out = {}
     for key, value in state.items():
         if isinstance(value, Tensor):

@@ -180,22 +180,6 @@ class TransformerEncoder(nn.Module):
 # Decoders: conditioning vectors (B, M, D) + shifted tokens -> hidden states; `start`/`step` decode incrementally
 
 
-class CodeAttention(nn.Module):
-    """Luong et al. 2015 ("Effective Approaches to Attention-based Neural Machine Translation", "general" score):
-    each decoder output h_t (B, T, H) attends over the M code vectors (B, M, H),
-        a_t = softmax_m(h_t W_a c_m),  ctx_t = sum_m a_tm c_m,  h~_t = tanh(W_c [h_t; ctx_t]),
-    and h~_t replaces h_t. Every step sees the whole code in one batched product, so teacher forcing stays parallel."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.score = nn.Linear(dim, dim, bias=False)  # W_a
-        self.combine = nn.Linear(2 * dim, dim)  # W_c
-
-    def forward(self, h: Tensor, memory: Tensor) -> Tensor:
-        weights = torch.softmax(self.score(h) @ memory.transpose(1, 2), dim=-1)  # (B, T, M)
-        return torch.tanh(self.combine(torch.cat([h, weights @ memory], dim=-1)))  # (B, T, H)
-
-
 class GRUDecoder(nn.Module):
     """The code sets the initial state (Bowman et al. 2016) and, with `code_at_every_step`, is also added to every
     input embedding; adding W_z z is the same function class as concatenating z, computed once per sentence. Which
@@ -211,17 +195,13 @@ class GRUDecoder(nn.Module):
             self.cond_to_h0 = nn.Linear(cond_size * config.hidden_dim, config.decoder_layers * config.hidden_dim)
             if config.code_at_every_step:
                 self.cond_to_in = nn.Linear(cond_size * config.hidden_dim, config.embed_dim)
-        self.attention = CodeAttention(config.hidden_dim) if cond_size and config.code_attention else None
 
     def start(self, cond: Tensor | None) -> dict:
         if self.cond_to_h0 is None:
             return {"h": None, "in": None}
         c = cond.flatten(1)  # (B, M * D)
         h0 = torch.tanh(self.cond_to_h0(c)).view(-1, self.layers, self.H).transpose(0, 1).contiguous()  # (L, B, H)
-        state = {"h": h0, "in": None if self.cond_to_in is None else self.cond_to_in(c).unsqueeze(1)}  # in: (B, 1, E)
-        if self.attention is not None:
-            state["memory"] = cond  # (B, M, D): what every step attends over
-        return state
+        return {"h": h0, "in": None if self.cond_to_in is None else self.cond_to_in(c).unsqueeze(1)}  # in: (B, 1, E)
 
     def forward(self, emb: Tensor, state: dict) -> tuple[Tensor, dict]:
         x = emb if state["in"] is None else emb + state["in"]  # (B, T, E)
@@ -231,9 +211,7 @@ class GRUDecoder(nn.Module):
             out, h = torch.func.functional_call(self.rnn, dropped, (x, state["h"]))  # (B, T, H)
         else:
             out, h = self.rnn(x, state["h"])  # (B, T, H)
-        if self.attention is not None:
-            out = self.attention(out, state["memory"])  # (B, T, H)
-        return out, {**state, "h": h}
+        return out, {"h": h, "in": state["in"]}
 
 
 class TransformerDecoder(nn.Module):
