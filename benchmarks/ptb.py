@@ -77,10 +77,13 @@ def launch(variant: str, max_steps: int, threads: int, out_root: Path, extra_ove
     return launch_recipe(recipe, variant, out_root, threads, [f"train.max_steps={max_steps}", *extra, *extra_overrides])
 
 
-def launch_recipe(recipe: str, name: str, out_root: Path, threads: int, overrides: list[str]) -> tuple[subprocess.Popen, Path]:
-    """`textdvae train recipes/RECIPE.yaml` on the local PTB files into OUT_ROOT/NAME, in the background."""
+def launch_recipe(recipe: str, name: str, out_root: Path, threads: int, overrides: list[str], *,
+                  ptb: bool = True) -> tuple[subprocess.Popen, Path]:
+    """`textdvae train recipes/RECIPE.yaml` into OUT_ROOT/NAME, in the background: on the local PTB files, or with
+    `ptb=False` on the recipe's own data (local paths such as short Yelp's)."""
     out = out_root / name
-    cmd = [sys.executable, "-m", "textdvae", "train", f"recipes/{recipe}.yaml", *OFFLINE, f"output_dir={out}", *overrides]
+    cmd = [sys.executable, "-m", "textdvae", "train", f"recipes/{recipe}.yaml", *(OFFLINE if ptb else []),
+           f"output_dir={out}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "stdout.txt").open("w")
