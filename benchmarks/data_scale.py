@@ -222,6 +222,41 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def summary(rows: list[dict]) -> list[str]:
+    """The issue's checks, from the rows of the largest corpus measured with every figure and the 1M rows."""
+    def get(n, code, cache):
+        return next((r for r in rows if (r["sentences"], r["code"], r["cache"]) == (n, code, cache)), None)
+
+    sizes = sorted({r["sentences"] for r in rows if "peak_anon_mb" in r})
+    if len(sizes) < 2:
+        return []
+    small, big = sizes[0], sizes[-1]
+    gb = lambda mb: f"{mb / 1024:.2f} GB"  # noqa: E731
+    lines = []
+    warm, warm_small = get(big, "arrow", "warm"), get(small, "arrow", "warm")
+    cold = get(big, "arrow", "cold")
+    stream, stream_small = get(big, "streaming", "none"), get(small, "streaming", "none")
+    if warm and warm_small and stream and stream_small:
+        lines.append(f"- Peak RSS at {big:,} sentences: {gb(warm['peak_rss_mb'])} map-style with a warm cache "
+                     f"({gb(warm_small['peak_rss_mb'])} at {small:,}), {gb(stream['peak_rss_mb'])} streaming "
+                     f"({gb(stream_small['peak_rss_mb'])}). The memory the process holds: "
+                     f"{gb(warm['peak_anon_mb'])} map-style ({gb(warm_small['peak_anon_mb'])}: what grows is the "
+                     f"per-sentence lengths and batch plan, about 14 bytes a sentence), {gb(stream['peak_anon_mb'])} streaming "
+                     f"({gb(stream_small['peak_anon_mb'])}). The rest of the map-style RSS is pages of the "
+                     f"memory-mapped token file ({gb(warm['file_rss_mb'])} at the end), which grow with the pages the "
+                     "batches touch, up to the file's size.")
+    if warm and cold:
+        lines.append(f"- A warm-cache run at {big:,} sentences reaches its first step in {warm['first_step_s']:.1f} s, "
+                     f"1/{cold['prepare_s'] / warm['first_step_s']:.0f} of the cold run's "
+                     f"{cold['prepare_s']:.0f} s of preparation.")
+    reference = warm_small.get("steps_per_s_in_memory") if warm_small else None
+    if stream and reference:
+        lines.append(f"- Streaming trains at {stream['steps_per_s']:.2f} steps/s at {big:,} sentences against "
+                     f"{reference:.2f} in memory ({small:,} sentences as Python lists): "
+                     f"{stream['steps_per_s'] / reference:.0%}.")
+    return ["", *lines] if lines else []
+
+
 def write_readme(rows: list[dict]) -> None:
     from ptb import replace_between  # noqa: E402  (benchmarks/ptb.py)
     lines = ["recipes/ptb_gru_lm.yaml on PTB's training sentences repeated to N, one process, "
@@ -236,7 +271,7 @@ def write_readme(rows: list[dict]) -> None:
              "`data.shuffle_buffer` (50,000) sentences is all those steps read. Rows without a peak-anonymous figure "
              "(100,000 sentences and the `lists` rows) were measured before it was recorded, on a machine whose one "
              "free core was shared with other jobs (load ~10): read their times as rough.",
-             "", *table(rows)]
+             "", *table(rows), *summary(rows)]
     replace_between(ROOT / "README.md", *MARKERS, lines)
 
 
