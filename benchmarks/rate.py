@@ -13,10 +13,6 @@ of each path scored by the language model (`--lm`, a `latent: none` model of the
 (`interp_mean_length`, beside `test_mean_length`). Degenerate midpoints (short, generic, repeated) show as a low
 NLL with a short length. Without `--lm` those columns stay empty.
 
-`--yelp-rates 10 40` also trains the short-Yelp recipes (recipes/yelp_short_rate10.yaml, ..._rate40.yaml, on their
-own local files) into OUT/yelpR; their rows follow the PTB ones, without the interpolation columns (no Yelp language
-model) and outside the figure.
-
 Rows go to benchmarks/results/rate.json (one object per row), the table to benchmarks/RESULTS.md and README.md
 (between markers), and the rate-distortion figure (x: KL, y: reconstruction, each point labelled with its IW NLL)
 to benchmarks/results/rate_distortion.png.
@@ -50,17 +46,13 @@ RATES = {  # target rate (nats) -> (recipe, extra overrides): N log K well above
                             "train.mixed_precision=bf16"]),
     60: ("ptb_gru_rate60", []),
 }
-YELP_RATES = {10: "yelp_short_rate10", 40: "yelp_short_rate40"}  # short Yelp (its own local files): no LM columns
 
 
-def train(rate: int, out_root: Path, threads: int, max_steps: int | None, yelp: bool = False) -> Path:
-    recipe, extra = (YELP_RATES[rate], []) if yelp else RATES[rate]
-    # PTB: the IW bound with S = 500 samples on test, tighter than the recipes' S = 100 and what the rows are compared
-    # at; short Yelp keeps its recipes' S (its 10,000 test sentences at S = 500 would take longer than the training)
-    overrides = [*extra, *([] if yelp else ["train.iw_samples=500"]),
-                 *([f"train.max_steps={max_steps}"] if max_steps else [])]
-    name = f"yelp{rate}" if yelp else f"rate{rate}"
-    proc, out = launch_recipe(recipe, name, out_root, threads, overrides, ptb=not yelp)
+def train(rate: int, out_root: Path, threads: int, max_steps: int | None) -> Path:
+    recipe, extra = RATES[rate]
+    # the IW bound with S = 500 samples on test: tighter than the recipes' S = 100, and what the rows are compared at
+    overrides = [*extra, "train.iw_samples=500", *([f"train.max_steps={max_steps}"] if max_steps else [])]
+    proc, out = launch_recipe(recipe, f"rate{rate}", out_root, threads, overrides)
     if proc.wait():
         raise SystemExit(f"rate {rate}: training failed, see {out / 'stdout.txt'}")
     return out
@@ -128,20 +120,20 @@ def _lm_nll_per_token(lm, texts: list[str], batch_size: int = 256) -> float:
     return total / tokens
 
 
-def row(out: Path, rate: int | None, stats: dict | None, corpus: str = "PTB") -> dict:
+def row(out: Path, rate: int | None, stats: dict | None) -> dict:
     m = json.loads((out / "metrics.json").read_text())
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     betas = [r["beta"] for r in log if "beta" in r]
     latent = cfg["model"]["latent"] == "categorical"
-    recipe, overrides = (None, None) if rate is None else (YELP_RATES[rate], []) if corpus != "PTB" else RATES[rate]
-    r = {"corpus": corpus, "target_rate": rate, "kl": m["kl"], "elbo": m["elbo"], "nll": m["nll"], "iw_samples": m["iw_samples"],
+    r = {"target_rate": rate, "kl": m["kl"], "elbo": m["elbo"], "nll": m["nll"], "iw_samples": m["iw_samples"],
          "rec": m["rec"], "mi": m["mi"], "active_latents": m["active_latents"], "num_latents": m["num_latents"],
          "num_categories": cfg["model"]["num_categories"] if latent else None,
          "rec_token_acc": m["rec_token_acc"], "rec_bleu": m["rec_bleu"], "steps": m["step"],
          "final_beta": betas[-1] if betas and rate is not None else None,
          "train_minutes": round(max(x.get("elapsed_s", 0) for x in log) / 60, 1),
-         "recipe": f"recipes/{recipe}.yaml" if recipe else None, "overrides": overrides,
+         "recipe": f"recipes/{RATES[rate][0]}.yaml" if rate is not None else None,
+         "overrides": RATES[rate][1] if rate is not None else None,
          "run": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)}
     r.update(stats or {"interp_lm_nll": None, "test_lm_nll": None, "interp_mean_length": None})
     return r
@@ -156,9 +148,7 @@ def table(rows: list[dict]) -> list[str]:
         length = (f"{r['interp_mean_length']:.1f} ({r['test_mean_length']:.1f})"
                   if r.get("interp_mean_length") is not None else "-")
         beta = f"{r['final_beta']:.3f}" if r.get("final_beta") is not None else "-"
-        target = "LM" if r["target_rate"] is None else r["target_rate"]
-        target = target if r.get("corpus", "PTB") == "PTB" else f"{r['corpus']} {target}"
-        lines.append(f"| {target} | {nk} | {r['kl']:.2f} | "
+        lines.append(f"| {r['target_rate'] if r['target_rate'] is not None else 'LM'} | {nk} | {r['kl']:.2f} | "
                      f"{-r['elbo']:.2f} | {r['nll']:.2f} | {r['iw_samples']} | {r['rec']:.2f} | {r['mi']:.2f} | "
                      f"{r['active_latents']}/{r['num_latents']} | {r['rec_bleu']:.1f} | {r['rec_token_acc']:.3f} | {lm} "
                      f"| {length} | {beta} | {r['steps']} | {r['train_minutes']} |")
@@ -172,7 +162,7 @@ def plot(rows: list[dict]) -> None:
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for r in (r for r in rows if r.get("corpus", "PTB") == "PTB"):
+    for r in rows:
         ax.plot(r["kl"], r["rec"], "o" if r["target_rate"] is not None else "s", color="C0" if r["target_rate"] else "C1")
         name = "LM" if r["target_rate"] is None else f"target {r['target_rate']}"
         label = f"{name}: IW NLL {r['nll']:.2f}"
@@ -206,8 +196,6 @@ def example(model_dir: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", nargs="*", type=int, choices=list(RATES), default=[])
-    parser.add_argument("--yelp-rates", nargs="*", type=int, choices=list(YELP_RATES), default=[],
-                        help="also train these short-Yelp recipes (OUT/yelpR)")
     parser.add_argument("--out", default="runs/rate", help="run folders: OUT/rateR")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-steps", type=int, help="override the recipes' step budget")
@@ -219,8 +207,6 @@ def main() -> None:
     out_root = ROOT / args.out
     for rate in args.rates:
         train(rate, out_root, args.threads, args.max_steps)
-    for rate in args.yelp_rates:
-        train(rate, out_root, args.threads, args.max_steps, yelp=True)
     rows = []
     for rate in sorted(RATES):
         out = out_root / f"rate{rate}"
@@ -229,8 +215,6 @@ def main() -> None:
         rows.append(row(out, rate, cached_interpolation_stats(out, Path(args.lm) if args.lm else None, args.pairs)))
     if args.lm:
         rows.append(row(Path(args.lm).parent, None, None))
-    rows += [row(out_root / f"yelp{rate}", rate, None, corpus="short Yelp") for rate in sorted(YELP_RATES)
-             if (out_root / f"yelp{rate}" / "metrics.json").is_file()]
     if not rows:
         raise SystemExit(f"no finished runs in {out_root}; train some with --rates")
     RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
