@@ -40,10 +40,10 @@ from .tokenization import build_tokenizer
 POOL_BATCHES = 50  # make_batches sorts by length within pools of this many batches
 ENCODING_VERSION = "textdvae-encode-2"  # part of the cache fingerprint of encoded splits: bump when encoding changes
 # Rows per Arrow record batch in the files we write into the datasets cache (and per map batch). Opening a cached
-# file reads every record batch's header, and the kernel's readahead around each one pulls in most of a file of
-# 1,000-row batches (datasets' default): 0.7 GB of page cache counted in the RSS of a 10M-sentence run before it had
-# read a single batch (benchmarks/data_scale.py). At 50,000 rows a file has 50x fewer headers; a map batch of
-# 50,000 sentences is a few tens of MB of Python objects.
+# file reads every record batch's header (pyarrow also tells the kernel it will need each batch), and the page fault
+# on each header maps the cached pages around it: with datasets' default 1,000-row batches, 0.7 GB of a warm
+# 10M-sentence run's files were in its RSS before its first step (benchmarks/data_scale.py). At 50,000 rows a file
+# has 50x fewer headers; a map batch of 50,000 sentences is a few tens of MB of Python objects.
 ARROW_ROWS = 50_000
 _TOKEN_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
                                      "length": datasets.Value("int32"), "truncated": datasets.Value("bool")})
