@@ -94,13 +94,12 @@ def measure(out: Path, threads: int) -> list[dict]:
     rows = []
     for corpus, (recipe, factors) in CORPORA.items():
         data = ROOT / "data" / "test.jsonl" if corpus == "bundled" else yelp_test_jsonl(out)
-        slug = recipe
-        cat_run = out / f"{slug}_categorical"
+        cat_run = out / f"{recipe}_categorical"
         command = train(recipe, cat_run, [], threads)
         rows.append(row(corpus, "categorical", command, cat_run, score(cat_run, data, factors)))
         cfg = json.loads((cat_run / "final" / "config.json").read_text())
         rate = round(rows[-1]["kl"], 2)  # the categorical model's test KL: the Gaussian model is held there
-        gauss_run = out / f"{slug}_gaussian"
+        gauss_run = out / f"{recipe}_gaussian"
         command = train(recipe, gauss_run, ["model.latent=gaussian", f"model.latent_dim={cfg['num_latents']}",
                                             "train.free_bits=0", f"train.target_rate={rate}"], threads)
         rows.append(row(corpus, "gaussian", command, gauss_run, score(gauss_run, data, factors)))
