@@ -243,7 +243,7 @@ def summary(rows: list[dict]) -> list[str]:
                      f"{gb(warm['peak_anon_mb'])} map-style ({gb(warm_small['peak_anon_mb'])}: what grows is the "
                      f"per-sentence lengths and batch plan, "
                      f"{(warm['peak_anon_mb'] - warm_small['peak_anon_mb']) * 2**20 / (big - small):.0f} bytes a "
-                     "sentence), {gb(stream['peak_anon_mb'])} streaming "
+                     f"sentence), {gb(stream['peak_anon_mb'])} streaming "
                      f"({gb(stream_small['peak_anon_mb'])}). The rest of the map-style RSS is pages of the "
                      f"memory-mapped token file ({gb(warm['file_rss_mb'])} at the end), which grow with the pages the "
                      "batches touch, up to the file's size.")

@@ -222,7 +222,7 @@ def test_prepared_splits_are_arrow_backed_and_match_encode(tmp_path):
 
 
 def test_cached_files_are_written_in_large_record_batches(tmp_path, monkeypatch):
-    """Opening a cached Arrow file reads every record batch's header (and the kernel reads ahead around each): the
+    """Opening a cached Arrow file reads every record batch's header (and maps the cached pages around each): the
     raw, cleaned and tokenized training split are each written in record batches of ARROW_ROWS rows, not datasets'
     default 1,000, and the token ids read back are the same."""
     import pyarrow as pa
