@@ -238,15 +238,16 @@ def summary(rows: list[dict]) -> list[str]:
     stream, stream_small = get(big, "streaming", "none"), get(small, "streaming", "none")
     if warm and warm_small and stream and stream_small:
         lines.append(f"- Peak RSS at {big:,} sentences: {gb(warm['peak_rss_mb'])} map-style with a warm cache "
-                     f"({gb(warm_small['peak_rss_mb'])} at {small:,}), {gb(stream['peak_rss_mb'])} streaming "
-                     f"({gb(stream_small['peak_rss_mb'])}). The memory the process holds: "
+                     f"({gb(warm_small['peak_rss_mb'])} at {small:,}: "
+                     f"{warm['peak_rss_mb'] / warm_small['peak_rss_mb'] - 1:+.0%}), {gb(stream['peak_rss_mb'])} "
+                     f"streaming ({gb(stream_small['peak_rss_mb'])}: "
+                     f"{stream['peak_rss_mb'] / stream_small['peak_rss_mb'] - 1:+.0%}). The memory the process holds: "
                      f"{gb(warm['peak_anon_mb'])} map-style ({gb(warm_small['peak_anon_mb'])}: what grows is the "
                      f"per-sentence lengths and batch plan, "
                      f"{(warm['peak_anon_mb'] - warm_small['peak_anon_mb']) * 2**20 / (big - small):.0f} bytes a "
                      f"sentence), {gb(stream['peak_anon_mb'])} streaming "
-                     f"({gb(stream_small['peak_anon_mb'])}). The rest of the map-style RSS is pages of the "
-                     f"memory-mapped token file ({gb(warm['file_rss_mb'])} at the end), which grow with the pages the "
-                     "batches touch, up to the file's size.")
+                     f"({gb(stream_small['peak_anon_mb'])}). Pages of mapped files at the end of the map-style run: "
+                     f"{gb(warm['file_rss_mb'])} ({gb(warm_small['file_rss_mb'])} at {small:,}).")
     if warm and cold:
         lines.append(f"- A warm-cache run at {big:,} sentences reaches its first step in {warm['first_step_s']:.1f} s, "
                      f"1/{cold['prepare_s'] / warm['first_step_s']:.0f} of the cold run's "
@@ -266,7 +267,8 @@ def write_readme(rows: list[dict]) -> None:
              "Peak RSS is the training process's high-water mark (VmHWM) before the in-memory comparison; it counts "
              "the pages of the memory-mapped Arrow files that the process has touched, which are page cache (the "
              "kernel drops them under memory pressure; pyarrow asks it to read each record batch ahead when a file is "
-             "opened, and every row a batch reads then maps the cached pages around it). Peak anonymous is the "
+             "opened, and every row a batch reads then maps the cached pages around it; `TokenSplit.rows` unmaps them "
+             "again once a batch is read, `textdvae.data.release_mapped_pages`). Peak anonymous is the "
              "memory the process itself holds (RssAnon, sampled every 10 ms): the figure that decides whether a "
              "corpus fits. `lists` rows: the data path before the Arrow change (every sentence a Python str, every "
              "tokenized one a list of ints), run with `--baseline`. `streaming`: the first window of "

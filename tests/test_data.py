@@ -153,6 +153,54 @@ def test_make_batches_is_deterministic_per_seed_and_epoch():
     assert [lengths[i] for i in flat] == sorted(lengths)
 
 
+def test_batch_plan_is_unchanged_and_holds_four_bytes_a_sentence():
+    """The plan of a (seed, epoch) is the one earlier versions drew (rng.permutation of an int64 arange; a run resumed
+    from their checkpoints sees the same batches), now kept as int32 indices."""
+    from textdvae.data import batch_plan
+
+    lengths = np.random.default_rng(5).integers(1, 40, 1000).astype(np.int32)
+    plan = batch_plan(lengths, 16, shuffle=True, seed=3, epoch=2)
+    assert plan.order.dtype == np.int32
+    assert [plan[k][:4].tolist() for k in range(3)] == [[852, 287, 499, 714], [23, 371, 467, 598], [837, 789, 612, 41]]
+
+
+def _mapped_rss(path: str) -> int:
+    """Bytes of `path` resident in this process's mappings of it (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:  # a mapping's header line
+                inside = fields[-1] == path
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_token_rows_do_not_stay_mapped(tmp_path):
+    """Rows read at random from a mapped token file map the cached pages around each row (fault-around): without
+    release the file's pages pile up in the RSS; TokenSplit.rows returns the same rows and leaves none mapped."""
+    from textdvae.data import TokenSplit
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 60, 20_000)
+    ids = [rng.integers(0, 30_000, n).astype(np.int32).tolist() for n in lengths]
+    datasets.Dataset.from_dict({"input_ids": ids, "length": lengths.astype(np.int32), "truncated": [False] * len(ids)},
+                               features=datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
+                                                           "length": datasets.Value("int32"),
+                                                           "truncated": datasets.Value("bool")})
+                               ).save_to_disk(tmp_path / "tokens")
+    split = TokenSplit(datasets.load_from_disk(tmp_path / "tokens"))
+    (path,) = split._files
+    picks = rng.permutation(len(ids))[:400].tolist()
+    raw = split.dataset.with_format("arrow")[picks]["input_ids"].to_pylist()  # the bare read, no release
+    assert raw == [ids[i] for i in picks]
+    assert _mapped_rss(path) > 2 ** 21  # 400 rows mapped more than 2 MB of the ~4 MB file
+    assert split.rows(picks) == raw
+    assert _mapped_rss(path) == 0
+
+
 def test_length_bucketing_keeps_padding_small():
     lengths = ptb_like_lengths()
     bucketed = padding_waste(make_batches(lengths, 64, shuffle=True), lengths)
