@@ -288,6 +288,31 @@ def test_learned_prior_enters_the_likelihood_bounds_and_survives_save_and_load(t
     assert torch.equal(model.bottleneck.log_prior(codes), loaded.bottleneck.log_prior(codes))
 
 
+def test_tempered_proposal_weights_are_unbiased():
+    """Importance weights p(x, z) / r(z) of samples from the tempered proposal r (logits / T) have mean p(x), the
+    exact likelihood by enumeration, within Monte Carlo error; weighting the same samples by q instead is biased."""
+    from textdvae.evaluation import exact_log_likelihood, log_importance_weights
+    from textdvae.estimators import log_prob_of_codes
+
+    model = ar_model()
+    ids, mask = batch(B=2)
+    S = 20_000
+    with torch.no_grad():
+        exact = exact_log_likelihood(model, ids, mask).double()  # (B,)
+        q_logits = 2 * torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1))  # (B, N, K) a sharp proposal
+        for T in (2.0, 4.0):
+            logw = log_importance_weights(model, ids, mask, q_logits, S, torch.Generator().manual_seed(0), T)
+            ratio = (logw.double() - exact[:, None]).exp()  # (B, S) w / p(x): mean 1 for an unbiased weight
+            assert torch.all((ratio.mean(1) - 1).abs() < 4 * ratio.std(1) / math.sqrt(S)), (T, ratio.mean(1))
+        # the same kind of samples weighted by q instead of the proposal they were drawn from: biased
+        codes = sample_categorical((q_logits / 2.0).repeat_interleave(S, 0), torch.Generator().manual_seed(0))
+        log_joint = -model.reconstruction(ids.repeat_interleave(S, 0), mask.repeat_interleave(S, 0), codes) \
+            + model.bottleneck.log_prior(codes)
+        wrong = (log_joint - log_prob_of_codes(q_logits.repeat_interleave(S, 0), codes)).view(2, S).double()
+        ratio = (wrong - exact[:, None]).exp()
+        assert torch.all((ratio.mean(1) - 1).abs() > 4 * ratio.std(1) / math.sqrt(S)), ratio.mean(1)
+
+
 def test_learned_prior_rejects_what_it_cannot_train():
     with pytest.raises(ValueError, match="model.prior='autoregressive' is a prior over categorical codes.*gaussian"):
         tiny(prior="autoregressive", latent="gaussian")

@@ -44,6 +44,7 @@ def test_overrides_are_typed_and_dotted(tmp_path):
     ("train.lr=0", "train.lr"),
     ("train.lr=fast", "train.lr"),
     ("train.batch_size=0", "train.batch_size"),
+    ("train.iw_temperature=0", "train.iw_temperature must be > 0"),
     ("model.encoder_type=lstm", "encoder_type"),
     ("model.estimator=reinmax", "reinmax needs a temperature >= 1"),
     ("train.beta_schedule=cosine", "beta_schedule"),

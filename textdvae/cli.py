@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -20,6 +21,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .recipe import RecipeError
     from .training import TrainingError
     return (RecipeError, DataError, TrainingError, HubError, ModelLoadError, InputError, FileNotFoundError)
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (argparse turns the error into a usage message and exit status 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 class ModelLoadError(RuntimeError):
@@ -112,7 +124,7 @@ def cmd_eval(args) -> int:
         raise recipe_lib.RecipeError(f"split {args.split!r} not found; the data have {', '.join(prepared.splits)}")
     torch.manual_seed(args.seed)
     metrics = evaluate(model, prepared.splits[split], tokenizer, batch_size=args.batch_size, iw_samples=args.iw_samples,
-                       seed=args.seed, extra_metrics=args.extra_metric)
+                       iw_temperature=args.iw_temperature, seed=args.seed, extra_metrics=args.extra_metric)
     metrics.update(split=args.split, num_processes=1)
     print(format_metrics(metrics))
     if args.json:
@@ -404,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.data_files.test=path.txt")
     p.add_argument("--split", default="test")
     p.add_argument("--iw-samples", type=int, default=100, help="importance samples for the NLL (literature: 500)")
+    p.add_argument("--iw-temperature", type=_positive_float, default=1.0,
+                   help="the NLL's proposal: q(z|x) tempered by this (logits / T); 1 is q itself")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipe", help="take the data section from this recipe instead of the model's own")

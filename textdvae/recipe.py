@@ -123,6 +123,7 @@ class TrainConfig:
     log_every: int = 20
     resume: bool = False  # continue from the newest checkpoint in output_dir
     iw_samples: int = 100  # importance samples for the final NLL estimate
+    iw_temperature: float = 1.0  # the NLL's proposal: q(z|x) tempered by this (1: q itself; evaluation.py)
     max_nonfinite_steps: int = 20  # consecutive non-finite losses before the run stops
     mixed_precision: str = "no"  # no | bf16 (CPUs with AVX-512 BF16 or AMX, and GPUs) | fp16 (GPU)
     # Experiment trackers that get log.jsonl's numbers and the recipe, through accelerate's tracker API: any of
@@ -150,6 +151,9 @@ class TrainConfig:
             _positive(f"train.{key}", getattr(self, key))
         if self.max_steps is not None:
             _positive("train.max_steps", self.max_steps)
+        if not self.iw_temperature > 0:
+            raise RecipeError(f"train.iw_temperature must be > 0, got {self.iw_temperature}; 1 samples the NLL's "
+                              "importance samples from q(z|x) itself, 1.5 from a wider proposal")
         if not self.epochs > 0:
             raise RecipeError(f"train.epochs must be > 0, got {self.epochs}")
         if not self.lr > 0:

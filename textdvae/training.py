@@ -517,7 +517,8 @@ class Trainer:
             self.unwrapped.load_state_dict(load_weights(best / "model.safetensors"))
         split = "test" if "test" in self.data.splits else "eval" if "eval" in self.data.splits else "train"
         metrics = evaluate(self.unwrapped, self.data.splits[split], self.data.tokenizer, accelerator=self.accelerator,
-                           batch_size=self.cfg.eval_batch_size, iw_samples=self.cfg.iw_samples, seed=self.cfg.seed)
+                           batch_size=self.cfg.eval_batch_size, iw_samples=self.cfg.iw_samples,
+                           iw_temperature=self.cfg.iw_temperature, seed=self.cfg.seed)
         data_stats = dict(self.data.stats)
         if self.stream is not None:  # what this (the main) process read of the training stream
             data_stats["train_stream"] = dict(self.stream.counts)
