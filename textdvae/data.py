@@ -108,6 +108,7 @@ def load_splits(cfg: DataConfig) -> tuple[dict[str, datasets.Dataset], dict[str,
     for key, split in wanted.items():
         if split in dataset:
             sentences, n_blank[key] = _sentences(dataset[split], cfg, split)
+            release_mapped_pages(cache_files(dataset[split]))  # what opening and cleaning it mapped of the raw file
             if limits[key] is not None and limits[key] < len(sentences):
                 sentences = sentences.select(range(limits[key]))
             splits[key] = sentences
@@ -254,7 +255,8 @@ class TokenSplit(Sequence):
         self.dataset = dataset.select_columns(["input_ids"])
         self.lengths = np.array(_column(dataset, "length"), dtype=np.int32)  # 4 bytes a sentence, in our memory
         self.n_truncated = int(_column(dataset, "truncated").sum())
-        self._files = {str(Path(f["filename"]).resolve()) for f in dataset.cache_files}
+        self._files = cache_files(dataset)
+        release_mapped_pages(self._files)  # the pages those two columns mapped
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -278,6 +280,11 @@ class TokenSplit(Sequence):
         rows = self.dataset.with_format("arrow")[indices]["input_ids"].to_pylist()
         release_mapped_pages(self._files)
         return rows
+
+
+def cache_files(dataset: datasets.Dataset) -> set[str]:
+    """The Arrow files a dataset is memory-mapped from, as /proc/self/maps names them (none for in-memory data)."""
+    return {str(Path(f["filename"]).resolve()) for f in dataset.cache_files}
 
 
 def release_mapped_pages(files: set[str]) -> int:
@@ -450,6 +457,7 @@ def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase | None = Non
     splits, stats = {}, {}
     for name, items in texts.items():
         split = encode_split(tokenizer, items, recipe.data.max_length, _num_proc(recipe.data, len(items)))
+        release_mapped_pages(cache_files(items))  # the text file's pages that opening and encoding it mapped
         splits[name] = split
         stats[name] = vars(SplitStats(n_sentences=len(split), n_skipped_blank=blank.get(name, 0),
                                       n_truncated=split.n_truncated, n_tokens=int(split.lengths.sum())))
