@@ -134,7 +134,8 @@ def _sentences(split_data: datasets.Dataset, cfg: DataConfig, split: str) -> tup
         raise DataError(f"column {column!r} of split {split!r} holds {kind} values, not text; set data.text_column to "
                         f"the one holding the sentences (columns: {', '.join(split_data.column_names)})")
     sentences = split_data.map(_strip_batch, batched=True, batch_size=ARROW_ROWS, writer_batch_size=ARROW_ROWS,
-                               fn_kwargs={"column": column},
+                               fn_kwargs={"column": column, "release": tuple(sorted(cache_files(split_data)))},
+                               new_fingerprint=_fingerprint("clean", split_data._fingerprint, column),
                                remove_columns=split_data.column_names, num_proc=_num_proc(cfg, len(split_data)),
                                features=datasets.Features({"text": datasets.Value("string")}),
                                desc=f"cleaning {split}")
@@ -150,8 +151,10 @@ def clean_sentence(value: str | None) -> str:
     return value.lstrip(BOM).strip() if value is not None else ""
 
 
-def _strip_batch(batch: dict[str, list], column: str) -> dict[str, list[str]]:
-    return {"text": [text for text in map(clean_sentence, batch[column]) if text]}
+def _strip_batch(batch: dict[str, list], column: str, release: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    texts = [text for text in map(clean_sentence, batch[column]) if text]
+    release_mapped_pages(set(release))  # the pages of the source file this batch mapped (a pass reads all of it)
+    return {"text": texts}
 
 
 def _num_proc(cfg: DataConfig, n_rows: int) -> int | None:
@@ -239,8 +242,10 @@ def with_eos(ids: list[int], max_length: int, eos: int) -> list[int]:
     return ids[:max_length - 1] + [eos]
 
 
-def _encode_batch(batch: dict[str, list], tokenizer, max_length: int, eos: int) -> dict[str, list]:
+def _encode_batch(batch: dict[str, list], tokenizer, max_length: int, eos: int,
+                  release: tuple[str, ...] = ()) -> dict[str, list]:
     sequences, truncated = _encode_texts(tokenizer, batch["text"], max_length, eos)
+    release_mapped_pages(set(release))  # the pages of the text file this batch mapped
     return {"input_ids": sequences, "length": [len(ids) for ids in sequences], "truncated": truncated}
 
 
@@ -330,7 +335,8 @@ def encode_split(tokenizer: PreTrainedTokenizerBase, texts: datasets.Dataset, ma
     eos = _check_encoding(tokenizer, max_length)
     encoded = texts.map(_encode_batch, batched=True, batch_size=ARROW_ROWS, writer_batch_size=ARROW_ROWS,
                         remove_columns=texts.column_names, features=_TOKEN_FEATURES,
-                        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "eos": eos},
+                        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "eos": eos,
+                                   "release": tuple(sorted(cache_files(texts)))},
                         new_fingerprint=_encoding_fingerprint(texts, tokenizer, max_length), num_proc=num_proc,
                         desc="tokenizing")
     return TokenSplit(encoded)
@@ -339,21 +345,30 @@ def encode_split(tokenizer: PreTrainedTokenizerBase, texts: datasets.Dataset, ma
 def _encoding_fingerprint(texts: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     content = backend.to_str() if backend is not None else datasets.fingerprint.Hasher.hash(tokenizer)
-    key = "\n".join([ENCODING_VERSION, texts._fingerprint, content, str(tokenizer.eos_token_id), str(max_length)])
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    return _fingerprint(texts._fingerprint, content, str(tokenizer.eos_token_id), str(max_length))
+
+
+def _fingerprint(*parts: str) -> str:
+    """A datasets cache fingerprint from what decides a pass's output (never from file paths, which the passes also
+    take, to release pages, and which change when the cache moves)."""
+    return hashlib.sha256("\n".join([ENCODING_VERSION, *parts]).encode("utf-8")).hexdigest()[:32]
 
 
 def tokenizer_sample(train: datasets.Dataset, samples: int | None, seed: int, chunk: int = 10_000) -> Iterator[str]:
     """The training sentences a tokenizer is trained on: all of them, in order, when there are at most ``samples``
     (or ``samples`` is None); else ``samples`` of them drawn without replacement with ``seed`` (in corpus order)."""
-    texts = train.with_format("arrow")
+    texts, files = train.with_format("arrow"), cache_files(train)
     if samples is None or len(train) <= samples:
         for start in range(0, len(train), chunk):
-            yield from texts[start:start + chunk]["text"].to_pylist()
+            part = texts[start:start + chunk]["text"].to_pylist()
+            release_mapped_pages(files)
+            yield from part
         return
     chosen = np.sort(np.random.default_rng(seed).choice(len(train), size=samples, replace=False))
     for start in range(0, len(chosen), chunk):
-        yield from texts[chosen[start:start + chunk].tolist()]["text"].to_pylist()
+        part = texts[chosen[start:start + chunk].tolist()]["text"].to_pylist()
+        release_mapped_pages(files)
+        yield from part
 
 
 @dataclass
