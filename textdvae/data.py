@@ -20,14 +20,13 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import dataclasses
 import glob
-import sys
 import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +55,7 @@ _TOKEN_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("
 MAX_CHARS_PER_TOKEN = 64
 RELEASE_MIN_BYTES = 64 * 2**20  # token files at least this large are unmapped after each batch (TokenSplit.rows)
 _MADV_DONTNEED = 4  # <sys/mman.h> on Linux
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform.startswith("linux") else None
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None  # this process's libc
 if _LIBC is not None:
     _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 BOM = "\ufeff"  # a UTF-8 byte-order mark some editors put at the start of a file: not part of the first sentence
@@ -301,9 +300,9 @@ def release_mapped_pages(files: set[str]) -> int:
 
     Reading a row of a mapped Arrow file maps the page cache around it (the kernel's fault-around), so batches drawn
     at random from a large token file would, over an epoch, map the whole file into the RSS: a warm 10M-sentence run
-    grew by 0.9 GB of such pages (benchmarks/data_scale.py). ``madvise(MADV_DONTNEED)`` on a read-only shared file
-    mapping only unmaps the pages: they stay in the page cache, and the next read maps them again from there
-    (a minor fault, no disk). Only read-only mappings of exactly these files are touched, found afresh in
+    grew by 0.9 GB of such pages (benchmarks/data_scale.py). ``madvise(MADV_DONTNEED)`` on a read-only file mapping
+    (pyarrow maps Arrow files read-only and never writes to them) only unmaps the pages: they stay in the page cache,
+    and the next read maps them again from there (a minor fault, no disk). Only read-only mappings of exactly these files are touched, found afresh in
     /proc/self/maps each call. Returns the bytes of mappings advised.
     """
     if not files or _LIBC is None:
