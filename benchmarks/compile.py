@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import RECIPES, ROOT, load_sentences  # noqa: E402
+from throughput import RECIPES, ROOT, load_sentences, train_step  # noqa: E402
 
 
 def main() -> None:
@@ -53,14 +53,8 @@ def main() -> None:
 
     def run(model, opt, chunk) -> float:
         model.train()
-        tokens, t0 = 0, time.perf_counter()
-        for b in chunk:
-            out = model(b["input_ids"], b["attention_mask"], tau=1.0, beta=1.0, free_bits=tc.free_bits)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            tokens += int(b["attention_mask"].sum())
+        t0 = time.perf_counter()
+        tokens = sum(train_step(model, opt, b, tc) for b in chunk)
         return tokens / (time.perf_counter() - t0)
 
     eager = TextDVAE(cfg)

@@ -210,13 +210,7 @@ def run_model(name: str, steps: int, repeats: int, precision: str, queue) -> Non
         flops = sum(model_flops(cfg, b) for b in chunk)  # counted outside the timed loop
         tokens, t0 = 0, time.perf_counter()
         for b in chunk:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as training does (Trainer._autocast)
-                out = model(b["input_ids"], b["attention_mask"], tau=1.0, beta=1.0, free_bits=tc.free_bits)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            tokens += int(b["attention_mask"].sum())
+            tokens += train_step(model, opt, b, tc, bf16)
         return time.perf_counter() - t0, tokens, flops
 
     def reference(chunk) -> tuple[float, int]:
@@ -284,6 +278,18 @@ def run_model(name: str, steps: int, repeats: int, precision: str, queue) -> Non
         "peak_rss_mb": round(rss_train, 1), "epoch_minutes": round(PTB_EPOCH_TOKENS / train_rate / 60, 2),
         "ours_rates": [round(x) for x in ours_rates], "reference_rates": [round(x) for x in ref_rates],
     })
+
+
+def train_step(model, opt, batch: dict, tc, bf16: bool = False) -> int:
+    """One training step as the Trainer takes it (forward under bf16 autocast when asked, as Trainer._autocast does;
+    backward, clipping, the optimizer); returns the batch's target tokens."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(batch["input_ids"], batch["attention_mask"], tau=1.0, beta=1.0, free_bits=tc.free_bits)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    opt.step()
+    return int(batch["attention_mask"].sum())
 
 
 MARKERS = ("<!-- throughput-table: written by benchmarks/throughput.py -->", "<!-- /throughput-table -->")
