@@ -196,7 +196,7 @@ def test_token_rows_do_not_stay_mapped(tmp_path, monkeypatch):
                                                            "truncated": datasets.Value("bool")})
                                ).save_to_disk(tmp_path / "tokens")
     split = TokenSplit(datasets.load_from_disk(tmp_path / "tokens"))
-    (path,) = split._files
+    (path,) = data_lib.cache_files(split.dataset)
     picks = rng.permutation(len(ids))[:400].tolist()
     raw = split.dataset.with_format("arrow")[picks]["input_ids"].to_pylist()  # the bare read, no release
     assert raw == [ids[i] for i in picks]

@@ -134,7 +134,7 @@ def _sentences(split_data: datasets.Dataset, cfg: DataConfig, split: str) -> tup
         raise DataError(f"column {column!r} of split {split!r} holds {kind} values, not text; set data.text_column to "
                         f"the one holding the sentences (columns: {', '.join(split_data.column_names)})")
     sentences = split_data.map(_strip_batch, batched=True, batch_size=ARROW_ROWS, writer_batch_size=ARROW_ROWS,
-                               fn_kwargs={"column": column, "release": tuple(sorted(cache_files(split_data)))},
+                               fn_kwargs={"column": column, "release": cache_files(split_data)},
                                new_fingerprint=_fingerprint("clean", split_data._fingerprint, column),
                                remove_columns=split_data.column_names, num_proc=_num_proc(cfg, len(split_data)),
                                features=datasets.Features({"text": datasets.Value("string")}),
@@ -151,9 +151,9 @@ def clean_sentence(value: str | None) -> str:
     return value.lstrip(BOM).strip() if value is not None else ""
 
 
-def _strip_batch(batch: dict[str, list], column: str, release: tuple[str, ...] = ()) -> dict[str, list[str]]:
+def _strip_batch(batch: dict[str, list], column: str, release: frozenset[str] = frozenset()) -> dict[str, list[str]]:
     texts = [text for text in map(clean_sentence, batch[column]) if text]
-    release_mapped_pages(set(release))  # the pages of the source file this batch mapped (a pass reads all of it)
+    release_mapped_pages(release)  # the pages of the source file this batch mapped (a pass reads all of it)
     return {"text": texts}
 
 
@@ -243,9 +243,9 @@ def with_eos(ids: list[int], max_length: int, eos: int) -> list[int]:
 
 
 def _encode_batch(batch: dict[str, list], tokenizer, max_length: int, eos: int,
-                  release: tuple[str, ...] = ()) -> dict[str, list]:
+                  release: frozenset[str] = frozenset()) -> dict[str, list]:
     sequences, truncated = _encode_texts(tokenizer, batch["text"], max_length, eos)
-    release_mapped_pages(set(release))  # the pages of the text file this batch mapped
+    release_mapped_pages(release)  # the pages of the text file this batch mapped
     return {"input_ids": sequences, "length": [len(ids) for ids in sequences], "truncated": truncated}
 
 
@@ -260,11 +260,11 @@ class TokenSplit(Sequence):
         self.dataset = dataset.select_columns(["input_ids"])
         self.lengths = np.array(_column(dataset, "length"), dtype=np.int32)  # 4 bytes a sentence, in our memory
         self.n_truncated = int(_column(dataset, "truncated").sum())
-        self._files = cache_files(dataset)
+        files = cache_files(dataset)
+        release_mapped_pages(files)  # the pages those two columns mapped
         # a small file cannot grow the RSS by much, and reading /proc/self/maps every batch costs a small model ~4 %
         # of its step (the quick-start recipe under py-spy): only large token files are released after each batch
-        self._release = self._files if sum(map(os.path.getsize, self._files)) >= RELEASE_MIN_BYTES else set()
-        release_mapped_pages(self._files)  # the pages those two columns mapped
+        self._release = files if sum(map(os.path.getsize, files)) >= RELEASE_MIN_BYTES else frozenset()
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -290,20 +290,20 @@ class TokenSplit(Sequence):
         return rows
 
 
-def cache_files(dataset: datasets.Dataset) -> set[str]:
+def cache_files(dataset: datasets.Dataset) -> frozenset[str]:
     """The Arrow files a dataset is memory-mapped from, as /proc/self/maps names them (none for in-memory data)."""
-    return {str(Path(f["filename"]).resolve()) for f in dataset.cache_files}
+    return frozenset(str(Path(f["filename"]).resolve()) for f in dataset.cache_files)
 
 
-def release_mapped_pages(files: set[str]) -> int:
+def release_mapped_pages(files: frozenset[str]) -> int:
     """Take the pages of these memory-mapped files out of this process's resident set (Linux; elsewhere a no-op).
 
     Reading a row of a mapped Arrow file maps the page cache around it (the kernel's fault-around), so batches drawn
     at random from a large token file would, over an epoch, map the whole file into the RSS: a warm 10M-sentence run
     grew by 0.9 GB of such pages (benchmarks/data_scale.py). ``madvise(MADV_DONTNEED)`` on a read-only file mapping
     (pyarrow maps Arrow files read-only and never writes to them) only unmaps the pages: they stay in the page cache,
-    and the next read maps them again from there (a minor fault, no disk). Only read-only mappings of exactly these files are touched, found afresh in
-    /proc/self/maps each call. Returns the bytes of mappings advised.
+    and the next read maps them again from there (a minor fault, no disk). Only read-only mappings of exactly these
+    files are touched, found afresh in /proc/self/maps each call. Returns the bytes of mappings advised.
     """
     if not files or _LIBC is None:
         return 0
@@ -339,7 +339,7 @@ def encode_split(tokenizer: PreTrainedTokenizerBase, texts: datasets.Dataset, ma
     encoded = texts.map(_encode_batch, batched=True, batch_size=ARROW_ROWS, writer_batch_size=ARROW_ROWS,
                         remove_columns=texts.column_names, features=_TOKEN_FEATURES,
                         fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "eos": eos,
-                                   "release": tuple(sorted(cache_files(texts)))},
+                                   "release": cache_files(texts)},
                         new_fingerprint=_encoding_fingerprint(texts, tokenizer, max_length), num_proc=num_proc,
                         desc="tokenizing")
     return TokenSplit(encoded)
