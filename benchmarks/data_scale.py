@@ -242,10 +242,9 @@ def summary(rows: list[dict]) -> list[str]:
                      f"{warm['peak_rss_mb'] / warm_small['peak_rss_mb'] - 1:+.0%}), {gb(stream['peak_rss_mb'])} "
                      f"streaming ({gb(stream_small['peak_rss_mb'])}: "
                      f"{stream['peak_rss_mb'] / stream_small['peak_rss_mb'] - 1:+.0%}). The memory the process holds: "
-                     f"{gb(warm['peak_anon_mb'])} map-style ({gb(warm_small['peak_anon_mb'])}: what grows is the "
-                     f"per-sentence lengths and batch plan, "
-                     f"{(warm['peak_anon_mb'] - warm_small['peak_anon_mb']) * 2**20 / (big - small):.0f} bytes a "
-                     f"sentence), {gb(stream['peak_anon_mb'])} streaming "
+                     f"{gb(warm['peak_anon_mb'])} map-style ({gb(warm_small['peak_anon_mb'])} at {small:,}: "
+                     f"{(warm['peak_anon_mb'] - warm_small['peak_anon_mb']) * 2**20 / (big - small):+.1f} bytes for "
+                     f"each sentence more), {gb(stream['peak_anon_mb'])} streaming "
                      f"({gb(stream_small['peak_anon_mb'])}). Pages of mapped files at the end of the map-style run: "
                      f"{gb(warm['file_rss_mb'])} ({gb(warm_small['file_rss_mb'])} at {small:,}).")
     if warm and cold:

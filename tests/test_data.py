@@ -153,15 +153,53 @@ def test_make_batches_is_deterministic_per_seed_and_epoch():
     assert [lengths[i] for i in flat] == sorted(lengths)
 
 
-def test_batch_plan_is_unchanged_and_holds_four_bytes_a_sentence():
-    """The plan of a (seed, epoch) is the one earlier versions drew (rng.permutation of an int64 arange; a run resumed
-    from their checkpoints sees the same batches), now kept as int32 indices."""
-    from textdvae.data import batch_plan
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 16, 17, 1000, 4097, 65_537])
+def test_feistel_permutation_is_a_permutation(n):
+    """Cycle walking keeps the Feistel network a bijection of range(n) for any n, powers of two and one past them
+    (where the bit domain is nearly 4 n) included; and it is a function of the generator's state."""
+    from textdvae.data import Permutation
 
+    images = Permutation(n, np.random.default_rng(n))(np.arange(n))
+    assert images.dtype == np.int64 and sorted(images.tolist()) == list(range(n))
+    assert Permutation(n, np.random.default_rng(n))(np.arange(n)).tolist() == images.tolist()
+
+
+def test_feistel_permutation_mixes_like_a_random_one():
+    """Against what a uniformly random permutation of 100,000 gives: position and image uncorrelated (|r| ~ 0.003),
+    about one fixed point (Poisson(1)), neighbours' images a third of the range apart on average; a weak network
+    (one round, or a constant round function) fails at least one of these."""
+    from textdvae.data import Permutation
+
+    n = 100_000
+    positions = np.arange(n)
+    for seed in range(3):
+        images = Permutation(n, np.random.default_rng(seed))(positions)
+        assert abs(np.corrcoef(positions, images)[0, 1]) < 0.02
+        assert (images == positions).sum() <= 6
+        assert 0.32 < np.abs(np.diff(images)).mean() / n < 0.35
+        # the residues of the images of consecutive runs are spread evenly (no lattice structure)
+        counts = np.bincount(images[:10_000] % 10, minlength=10)
+        assert counts.min() > 900 and counts.max() < 1100
+
+
+def test_batch_plan_is_pinned_and_holds_no_list_of_sentences():
+    """The plan of a (seed, epoch) is fixed (version data.BATCH_PLAN_VERSION: a run resumed from a checkpoint sees
+    the same batches; change these values only with that version), and a 10M-sentence plan holds its batches' pool
+    and offset (8 bytes a batch of 128) and at most PLAN_CACHE_ROWS rows of sorted pools, not 10M indices."""
+    from textdvae.data import BATCH_PLAN_VERSION, PLAN_CACHE_ROWS, batch_plan
+
+    assert BATCH_PLAN_VERSION == 2
     lengths = np.random.default_rng(5).integers(1, 40, 1000).astype(np.int32)
     plan = batch_plan(lengths, 16, shuffle=True, seed=3, epoch=2)
-    assert plan.order.dtype == np.int32
-    assert [plan[k][:4].tolist() for k in range(3)] == [[852, 287, 499, 714], [23, 371, 467, 598], [837, 789, 612, 41]]
+    assert [plan[k][:4].tolist() for k in range(3)] == [[119, 0, 114, 37], [599, 644, 392, 345], [442, 425, 698, 327]]
+
+    big = np.random.default_rng(0).integers(2, 60, 10_000_000).astype(np.uint8)
+    plan = batch_plan(big, 128, shuffle=True, seed=0, epoch=0)
+    assert plan.pools.nbytes + plan.offsets.nbytes == 8 * len(plan) == 8 * -(-10_000_000 // 128)
+    seen = np.concatenate([plan[k] for k in range(400)])
+    assert len(np.unique(seen)) == len(seen) == 400 * 128  # distinct, and full: 10M rows are 1,562.5 pools of 6,400
+    assert sum(map(len, plan._sorted.values())) <= PLAN_CACHE_ROWS
+    assert all(np.all(np.diff(big[plan[k]].astype(int)) >= 0) for k in range(20))  # each batch sorted by length
 
 
 def _mapped_rss(path: str) -> int:

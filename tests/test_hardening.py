@@ -8,6 +8,7 @@ by forcing accelerate to report a skipped step on CPU, and the scaler's checkpoi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -212,6 +213,33 @@ def test_resume_refuses_a_recipe_that_changes_the_run(run, tmp_path, one_thread)
     assert trainer.step == 12 and yaml.safe_load((copy / "config.yaml").read_text())["train"]["max_steps"] == 12
     with pytest.raises(RecipeError, match="train.resume_allow_changes names 'train.iw_samples'"):
         recipe_lib.load(RECIPE, [*args, "train.resume_allow_changes=[train.iw_samples]"])
+
+
+def test_resume_says_when_an_older_batch_order_ends_the_epoch(run, tmp_path, one_thread, caplog):
+    """A checkpoint from a version whose batch order differs (no "batch_plan" in trainer.json: version 1) resumed
+    mid-epoch trains on, and says that the rest of that epoch is not the original run's; this version's own
+    checkpoint resumes without the note."""
+    out, args = run
+    for name, strip in (("old", True), ("same", False)):
+        copy = tmp_path / name
+        shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".lock"))
+        state = copy / "checkpoints" / "step-0000010" / "trainer.json"
+        trainer_json = json.loads(state.read_text())
+        assert trainer_json["batch_plan"] == data_lib.BATCH_PLAN_VERSION
+        if strip:
+            del trainer_json["batch_plan"]
+            state.write_text(json.dumps(trainer_json))
+        resumed = [a.replace(str(out), str(copy)) for a in args] + [
+            "train.resume=true", "train.max_steps=12", "train.resume_allow_changes=[train.max_steps]"]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="textdvae"):
+            trainer = Trainer(recipe_lib.load(RECIPE, resumed))
+            trainer.train()
+        assert trainer.step == 12 and 10 % trainer.batches_per_epoch  # the checkpoint was mid-epoch
+        noted = [r.getMessage() for r in caplog.records if "batch order (version 1)" in r.getMessage()]
+        assert len(noted) == (1 if strip else 0)
+        if strip:
+            assert f"the rest of epoch {10 // trainer.batches_per_epoch} is batched" in noted[0]
 
 
 def test_a_step_the_loss_scaler_skips_moves_no_counter(tmp_path, one_thread, monkeypatch):

@@ -564,7 +564,8 @@ class Trainer:
                 "log_lines": self.log_lines, "elapsed_s": self.elapsed, "running": self.running,
                 "num_processes": self.world, "total_steps": self.total_steps, "scaler_skips": self.scaler_skips,
                 "recipe": self.recipe.raw,
-                "rate_controller": self.rate.state_dict() if self.rate is not None else None}
+                "rate_controller": self.rate.state_dict() if self.rate is not None else None,
+                "batch_plan": data_lib.BATCH_PLAN_VERSION}
 
     def save_checkpoint(self) -> None:
         """checkpoints/step-XXXXXXX/: weights, optimizer, scheduler, every process's RNG states and the counters,
@@ -620,6 +621,12 @@ class Trainer:
             self._inform(f"note: {path} was written by {len(rngs)} processes, this run has {self.world}; training "
                          "continues, but not bitwise as the original run would have", warn=True)
         self.step, self.batches_seen = trainer["step"], trainer["batches_seen"]
+        plan_version = trainer.get("batch_plan", 1)
+        if self.stream is None and plan_version != data_lib.BATCH_PLAN_VERSION and self.batches_seen % self.batches_per_epoch:
+            self._inform(f"note: {path} was written by a textdvae whose batch order (version {plan_version}) differs "
+                         f"from this one's ({data_lib.BATCH_PLAN_VERSION}); the rest of epoch "
+                         f"{self.batches_seen // self.batches_per_epoch} is batched in this version's order, so some of "
+                         "its sentences may come twice or not at all; later epochs are unaffected", warn=True)
         if self.stream is not None:
             positions = trainer.get("stream_positions") or []
             if len(positions) != self.world:
