@@ -16,7 +16,10 @@ a child process (`--child`) that builds `textdvae.training.Trainer` for recipes/
   for Python lists of the same ids (the in-memory representation the data module used before) and trains the same
   steps again: ``steps/s in memory``, up to IN_MEMORY_MAX sentences (10M sentences as lists would take about 9 GB
   and minutes to build: the comparison is the same at 1M).
-* peak RSS: the child's own high-water mark (VmHWM) before that swap, so the in-memory copy is not counted.
+* peak RSS: the child's own high-water mark (VmHWM) before that swap, so the in-memory copy is not counted; peak
+  anonymous: the largest RssAnon sampled; anonymous when prepared: RssAnon once the Trainer is built, before any
+  step (what the prepared data holds); largest batch: the most padded tokens of a batch the steps drew (the
+  activations' share of the peak depends on it, so runs of the same recipe differ by the batches they draw).
 * ``--streaming``: a ``data.streaming=true`` row (cache ``none``): the training split read as a stream in windows of
   ``data.shuffle_buffer`` sentences, its tokenizer trained on the stream's first ``tokenizer.train_samples``.
 
@@ -124,12 +127,23 @@ def child(args) -> None:
             spent["s"] += time.perf_counter() - start
             return out
         data_lib.encode_split = timed
+    # the padded size (rows x longest) of each batch collated: the first --steps are the training steps' (the
+    # evaluation's come after them), whose largest sets the activations' share of the peak
+    sizes: list[int] = []
+    collate = data_lib.collate
+
+    def measured_collate(sequences, *a, **k):
+        batch = collate(sequences, *a, **k)
+        sizes.append(batch["input_ids"].numel())
+        return batch
+    data_lib.collate = measured_collate
     output_dir = Path(args.output_dir)
     shutil.rmtree(output_dir, ignore_errors=True)
     recipe = recipe_lib.load(RECIPE, overrides(Path(args.train), output_dir, args.steps, args.streaming))
     start = time.perf_counter()
     trainer = Trainer(recipe)
     result["prepare_s"] = time.perf_counter() - start
+    result["prepared_anon_mb"] = status_mb("RssAnon")  # what the prepared data (and the model) hold before any step
     trainer.setup()
     setup_s = time.perf_counter() - start
     trainer._loop_with_signal_handlers()
@@ -139,6 +153,7 @@ def child(args) -> None:
     result["peak_rss_mb"] = status_mb("VmHWM")
     result["peak_anon_mb"] = anon.stop()
     result["file_rss_mb"] = status_mb("RssFile")  # pages of mapped files (the Arrow caches, the libraries) at the end
+    result["largest_batch_tokens"] = max(sizes[:args.steps])
     stream = getattr(trainer, "stream", None)
     result["n_train"] = stream.counts["n_sentences"] if stream is not None else len(trainer.lengths)
     if encode_split is not None:
@@ -208,15 +223,18 @@ def measure(args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| sentences | data path | cache | peak RSS | peak anonymous | prepare | first step | tokenize | steps | "
-             "steps/s | steps/s in memory |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| sentences | data path | cache | peak RSS | peak anonymous | anonymous when prepared | largest batch | "
+             "prepare | first step | tokenize | steps | steps/s | steps/s in memory |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cold = r.get("tokenize_s", 0) > 1 and r["cache"] == "cold"
         tokenize = f"{r['n_train'] / r['tokenize_s']:,.0f} sent/s" if cold else ""
         in_memory = f"{r['steps_per_s_in_memory']:.2f}" if "steps_per_s_in_memory" in r else ""
         anon = f"{r['peak_anon_mb'] / 1024:.2f} GB" if "peak_anon_mb" in r else ""
+        prepared = f"{r['prepared_anon_mb'] / 1024:.2f} GB" if "prepared_anon_mb" in r else ""
+        largest = f"{r['largest_batch_tokens']:,} tokens" if "largest_batch_tokens" in r else ""
         lines.append(f"| {r['sentences']:,} | {r['code']} | {r['cache']} | {r['peak_rss_mb'] / 1024:.2f} GB | {anon} | "
+                     f"{prepared} | {largest} | "
                      f"{r['prepare_s']:.1f} s | {r['first_step_s']:.1f} s | {tokenize} | {r['steps']} | {r['steps_per_s']:.2f} | "
                      f"{in_memory} |")
     return lines
@@ -242,11 +260,16 @@ def summary(rows: list[dict]) -> list[str]:
                      f"{warm['peak_rss_mb'] / warm_small['peak_rss_mb'] - 1:+.0%}), {gb(stream['peak_rss_mb'])} "
                      f"streaming ({gb(stream_small['peak_rss_mb'])}: "
                      f"{stream['peak_rss_mb'] / stream_small['peak_rss_mb'] - 1:+.0%}). The memory the process holds: "
-                     f"{gb(warm['peak_anon_mb'])} map-style ({gb(warm_small['peak_anon_mb'])} at {small:,}: "
-                     f"{(warm['peak_anon_mb'] - warm_small['peak_anon_mb']) * 2**20 / (big - small):+.1f} bytes for "
-                     f"each sentence more), {gb(stream['peak_anon_mb'])} streaming "
+                     f"{gb(warm['peak_anon_mb'])} map-style ({gb(warm_small['peak_anon_mb'])} at {small:,}), {gb(stream['peak_anon_mb'])} streaming "
                      f"({gb(stream_small['peak_anon_mb'])}). Pages of mapped files at the end of the map-style run: "
                      f"{gb(warm['file_rss_mb'])} ({gb(warm_small['file_rss_mb'])} at {small:,}).")
+        if "prepared_anon_mb" in warm and "prepared_anon_mb" in warm_small:
+            grow = (warm["prepared_anon_mb"] - warm_small["prepared_anon_mb"]) * 2**20 / (big - small)
+            lines.append(f"- What the prepared data holds grows by {grow:.1f} bytes a sentence (anonymous memory before "
+                         f"the first step: {gb(warm['prepared_anon_mb'])} at {big:,}, "
+                         f"{gb(warm_small['prepared_anon_mb'])} at {small:,}). The rest of the peak is the steps' "
+                         f"activations, set by the largest batch a run draws ({warm['largest_batch_tokens']:,} and "
+                         f"{warm_small['largest_batch_tokens']:,} padded tokens), not by the corpus.")
     if warm and cold:
         lines.append(f"- A warm-cache run at {big:,} sentences reaches its first step in {warm['first_step_s']:.1f} s, "
                      f"1/{cold['prepare_s'] / warm['first_step_s']:.0f} of the cold run's "
@@ -269,7 +292,9 @@ def write_readme(rows: list[dict]) -> None:
              "opened, and every row a batch reads then maps the cached pages around it; textdvae unmaps them once it has "
              "read its rows, `textdvae.data.release_mapped_pages`). Peak anonymous is the "
              "memory the process itself holds (RssAnon, sampled every 10 ms): the figure that decides whether a "
-             "corpus fits. `lists` rows: the data path before the Arrow change (every sentence a Python str, every "
+             "corpus fits. Anonymous when prepared: RssAnon once the trainer is built (data prepared, model made), "
+             "before any step: what the data holds. Largest batch: the most padded tokens (rows x longest sentence) "
+             "of the batches the run's steps drew, which sets the activations' share of the peak. `lists` rows: the data path before the Arrow change (every sentence a Python str, every "
              "tokenized one a list of ints), run with `--baseline`. `streaming`: the first window of "
              "`data.shuffle_buffer` (50,000) sentences is all those steps read. Rows without a peak-anonymous figure "
              "(100,000 sentences and the `lists` rows) were measured before it was recorded, on a machine whose one "
