@@ -9,6 +9,10 @@ Both paths run in this process, alternating, and the figures are medians over th
   has ended (the step loop below, written out here as it was).
 - `package`: `model.encode` (sentences of similar length encoded together, `explore.length_chunks`) and
   `model.decode` (a sentence leaves the decoding batch once it has ended).
+- `package, bf16`: the same calls on the model in bf16 (`model.to(torch.bfloat16)`, or `from_pretrained(...,
+  dtype=torch.bfloat16)`: weights and activations in bf16, AVX-512 BF16 on this CPU). Its codes and reconstructions
+  are compared with fp32's: the share of latents whose most likely category is the same, and of sentences decoded
+  word for word the same from their own codes.
 Encode is sentences per second, tokenization included; decode is tokens written per second (EOS included), the
 same sentences' reconstructions for both paths (checked equal). Rows to benchmarks/results/serving.json; with
 `--readme`, the table to README.md between the serving-table markers.
@@ -85,15 +89,19 @@ def main() -> None:
     from textdvae.explore import decode_ids
 
     model, _ = load_model(args.model)
+    model_bf16 = load_model(args.model)[0].to(torch.bfloat16)
     test = [line.strip() for line in (PTB / "test.txt").read_text().splitlines() if line.strip()]
     rng = random.Random(0)
-    plain_encode(model, test[:args.batch]), model.encode(test[:args.batch])  # warm-up
-    rates = {k: [] for k in ("plain_encode", "package_encode", "plain_decode", "package_decode")}
+    for encode in (lambda t: plain_encode(model, t), model.encode, model_bf16.encode):  # warm-up
+        encode(test[:args.batch])
+    rates = {k: [] for k in ("plain_encode", "package_encode", "bf16_encode", "plain_decode", "package_decode",
+                             "bf16_decode")}
+    same_codes, same_text = [], []
     lengths = []
     for r in range(args.repeats):
         texts = rng.sample(test, args.batch)
         lengths.append(max(len(t.split()) for t in texts) / statistics.mean(len(t.split()) for t in texts))
-        order = [("plain", "package"), ("package", "plain")][r % 2]  # alternate which path runs first
+        order = [("plain", "package", "bf16"), ("bf16", "package", "plain")][r % 2]  # alternate which runs first
         for path in order:
             if path == "plain":
                 codes, t = timed(plain_encode, model, texts)
@@ -101,20 +109,31 @@ def main() -> None:
                 ids, t = timed(plain_greedy, model, codes)
                 rates["plain_decode"].append(sum(map(len, ids)) / t)
                 plain_ids = ids
-            else:
+            elif path == "package":
                 (codes, _), t = timed(model.encode, texts)
                 rates["package_encode"].append(len(texts) / t)
                 ids, t = timed(decode_ids, model, codes)
                 rates["package_decode"].append(sum(map(len, ids)) / t)
-                package_ids = ids
+                package_codes, package_ids = codes, ids
+            else:
+                (codes, _), t = timed(model_bf16.encode, texts)
+                rates["bf16_encode"].append(len(texts) / t)
+                ids, t = timed(decode_ids, model_bf16, codes)
+                rates["bf16_decode"].append(sum(map(len, ids)) / t)
+                bf16_codes, bf16_ids = codes, ids
         assert plain_ids == package_ids, "the two paths reconstructed different sentences"
+        same_codes.append((bf16_codes == package_codes).float().mean().item())
+        same_text.append(sum(a == b for a, b in zip(bf16_ids, package_ids)) / len(package_ids))
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     result = {"model": args.model, "batch": args.batch, "repeats": args.repeats, "threads": args.threads,
               "longest_over_mean_words": statistics.median(lengths),
               **{f"{k}_per_s": round(v, 1) for k, v in med.items()},
               "encode_speedup": med["package_encode"] / med["plain_encode"],
-              "decode_speedup": med["package_decode"] / med["plain_decode"]}
+              "decode_speedup": med["package_decode"] / med["plain_decode"],
+              "bf16_encode_speedup": med["bf16_encode"] / med["plain_encode"],
+              "bf16_decode_speedup": med["bf16_decode"] / med["plain_decode"],
+              "bf16_same_codes": statistics.mean(same_codes), "bf16_same_reconstructions": statistics.mean(same_text)}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     lines = ["", f"Command: `python benchmarks/serving.py {args.model} --batch {args.batch} --repeats {args.repeats} "
              f"--threads {args.threads} --readme` ({args.batch} random PTB test sentences per repeat; medians; "
@@ -124,7 +143,14 @@ def main() -> None:
              f"{med['plain_decode']:,.0f} |",
              f"| package: length-grouped encode, ended sentences leave the batch | {med['package_encode']:,.0f} | "
              f"{med['package_decode']:,.0f} |",
-             f"| speedup | **{result['encode_speedup']:.2f}x** | **{result['decode_speedup']:.2f}x** |", ""]
+             f"| package in bf16 (`model.to(torch.bfloat16)`) | {med['bf16_encode']:,.0f} | {med['bf16_decode']:,.0f} |",
+             f"| speedup of the package over plain | **{result['encode_speedup']:.2f}x** | "
+             f"**{result['decode_speedup']:.2f}x** |",
+             f"| speedup of the package in bf16 over plain | **{result['bf16_encode_speedup']:.2f}x** | "
+             f"**{result['bf16_decode_speedup']:.2f}x** |", "",
+             f"In bf16, {result['bf16_same_codes']:.1%} of the latents get the same most likely category as in fp32, "
+             f"and {result['bf16_same_reconstructions']:.1%} of the sentences are decoded word for word as in fp32 "
+             "(each from its own codes).", ""]
     print("\n".join(lines))
     if args.readme:
         replace_between(ROOT / "README.md", *MARKERS, lines)

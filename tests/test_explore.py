@@ -419,6 +419,23 @@ def test_simplex_path_and_traverse_on_the_trained_model(trained):
     assert model.decode(code, strategy="beam", num_beams=1) == model.reconstruct([a])
 
 
+def test_a_model_loaded_in_bf16_encodes_and_decodes_like_fp32(trained):
+    """from_pretrained(..., dtype=torch.bfloat16) (the serving benchmark's fast encoder): bf16 weights, the whole API
+    runs, and the codes and reconstructions are fp32's but for rare near-ties (a model whose bf16 path were broken,
+    e.g. a posterior that went through an fp32-only kernel or lost its softmax, would fail)."""
+    texts = [a for pair in PAIRS for a in pair]
+    model16 = TextDVAE.from_pretrained(trained.path, dtype=torch.bfloat16).eval()
+    assert {p.dtype for p in model16.parameters()} == {torch.bfloat16}
+    codes32, probs32 = trained.model.encode(texts)
+    codes16, probs16 = model16.encode(texts)
+    assert probs16.dtype == torch.bfloat16 and torch.allclose(probs16.float().sum(-1), torch.ones(len(texts), 16),
+                                                              atol=0.02)
+    assert (codes16 == codes32).float().mean() >= 0.95
+    assert (probs16.float() - probs32).abs().max() < 0.05
+    same = sum(a == b for a, b in zip(model16.decode(codes32), trained.model.decode(codes32)))
+    assert same >= len(texts) - 1
+
+
 def test_cli_interpolate_and_reconstruct_json(trained, capsys):
     a, b = PAIRS[1]
     code, out, _ = cli(capsys, "interpolate", trained.path, a, b, "--json")
