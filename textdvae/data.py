@@ -439,7 +439,7 @@ class BatchPlan:
 
     The rows' positions 0..n-1 are mapped through ``permutation`` (None: the identity), cut into pools of ``pool``
     positions, and each pool's rows are sorted by length (ties by position) and cut into batches of ``batch_size``.
-    ``pools`` / ``offsets`` say which pool and which batch of it batch k is. A plan holds about 9 bytes per batch
+    ``pools`` / ``offsets`` say which pool and which batch of it batch k is. A plan holds 8 bytes per batch
     plus the sorted pools it caches (at most ``PLAN_CACHE_ROWS`` rows), not a list of every sentence."""
 
     def __init__(self, lengths: np.ndarray, batch_size: int, pool: int, permutation: Permutation | None,
