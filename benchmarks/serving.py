@@ -143,7 +143,8 @@ def main() -> None:
              f"{med['plain_decode']:,.0f} |",
              f"| package: length-grouped encode, ended sentences leave the batch | {med['package_encode']:,.0f} | "
              f"{med['package_decode']:,.0f} |",
-             f"| package in bf16 (`model.to(torch.bfloat16)`) | {med['bf16_encode']:,.0f} | {med['bf16_decode']:,.0f} |",
+             f"| package in bf16 (`model.to(torch.bfloat16)`) | {med['bf16_encode']:,.0f} | "
+             f"{med['bf16_decode']:,.0f} |",
              f"| speedup of the package over plain | **{result['encode_speedup']:.2f}x** | "
              f"**{result['decode_speedup']:.2f}x** |",
              f"| speedup of the package in bf16 over plain | **{result['bf16_encode_speedup']:.2f}x** | "

@@ -622,7 +622,8 @@ class Trainer:
                          "continues, but not bitwise as the original run would have", warn=True)
         self.step, self.batches_seen = trainer["step"], trainer["batches_seen"]
         plan_version = trainer.get("batch_plan", 1)
-        if self.stream is None and plan_version != data_lib.BATCH_PLAN_VERSION and self.batches_seen % self.batches_per_epoch:
+        mid_epoch = self.stream is None and self.batches_seen % self.batches_per_epoch
+        if mid_epoch and plan_version != data_lib.BATCH_PLAN_VERSION:
             self._inform(f"note: {path} was written by a textdvae whose batch order (version {plan_version}) differs "
                          f"from this one's ({data_lib.BATCH_PLAN_VERSION}); the rest of epoch "
                          f"{self.batches_seen // self.batches_per_epoch} is batched in this version's order, so some of "
