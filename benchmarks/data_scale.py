@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -194,6 +195,18 @@ def run_child(train: Path, output_dir: Path, cache: Path, steps: int, *, in_memo
     return result
 
 
+def repeated(runs: int, run) -> dict:
+    """`run(i)` for i < runs; the first run's result with the memory figures and steps/s replaced by their medians
+    over the runs (the peak moves by a few percent between identical runs: the allocator, the sampling), and the
+    peaks of each run kept as `peak_rss_mb_runs`."""
+    results = [run(i) for i in range(runs)]
+    merged = dict(results[0])
+    for key in ("peak_rss_mb", "peak_anon_mb", "prepared_anon_mb", "steps_per_s"):
+        merged[key] = statistics.median(r[key] for r in results)
+    merged["runs"], merged["peak_rss_mb_runs"] = runs, [r["peak_rss_mb"] for r in results]
+    return merged
+
+
 def measure(args) -> list[dict]:
     rows = []
     for n in args.sizes:
@@ -204,11 +217,14 @@ def measure(args) -> list[dict]:
             shutil.rmtree(cache, ignore_errors=True)
         for mode in args.caches:
             in_memory = mode == "warm" and n <= IN_MEMORY_MAX
-            result = run_child(train, folder / "run", cache, args.steps, in_memory=in_memory)
+            runs = 1 if mode == "cold" else args.repeats  # a cold row fills the cache: once
+            result = repeated(runs, lambda i: run_child(train, folder / "run", cache, args.steps,
+                                                        in_memory=in_memory and i == 0))
             rows.append({"sentences": n, "code": "arrow", "cache": mode, "steps": args.steps, **result})
             print(json.dumps(rows[-1]), flush=True)
         if args.streaming:  # the training split read as a stream: nothing cached, nothing tokenized ahead
-            result = run_child(train, folder / "run_stream", cache, args.steps, streaming=True)
+            result = repeated(args.repeats, lambda i: run_child(train, folder / "run_stream", cache, args.steps,
+                                                                streaming=True))
             rows.append({"sentences": n, "code": "streaming", "cache": "none", "steps": args.steps, **result})
             print(json.dumps(rows[-1]), flush=True)
         if args.baseline:
@@ -294,7 +310,9 @@ def write_readme(rows: list[dict]) -> None:
              "memory the process itself holds (RssAnon, sampled every 10 ms): the figure that decides whether a "
              "corpus fits. Anonymous when prepared: RssAnon once the trainer is built (data prepared, model made), "
              "before any step: what the data holds. Largest batch: the most padded tokens (rows x longest sentence) "
-             "of the batches the run's steps drew, which sets the activations' share of the peak. `lists` rows: the data path before the Arrow change (every sentence a Python str, every "
+             "of the batches the run's steps drew, which sets the activations' share of the peak. Rows run with "
+             "`--repeats 3` give the medians of three runs for the memory figures and steps/s (the peak of identical "
+             "runs moves by a few percent; each run's peak RSS is in the JSON). `lists` rows: the data path before the Arrow change (every sentence a Python str, every "
              "tokenized one a list of ints), run with `--baseline`. `streaming`: the first window of "
              "`data.shuffle_buffer` (50,000) sentences is all those steps read. Rows without a peak-anonymous figure "
              "(100,000 sentences and the `lists` rows) were measured before it was recorded, on a machine whose one "
@@ -311,6 +329,8 @@ def main() -> None:
     parser.add_argument("--caches", nargs="*", default=["cold", "warm"], choices=["cold", "warm"],
                         help="the map-style rows to measure (the warm one needs the cold one before it)")
     parser.add_argument("--streaming", action="store_true", help="also a data.streaming=true row per size")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each warm and streaming row: the memory "
+                        "figures and steps/s are their medians (the in-memory comparison runs in the first only)")
     parser.add_argument("--baseline", help="another checkout to run the cold rows with, e.g. one before this change")
     parser.add_argument("--collect", action="store_true", help="only rewrite the README table from the JSON")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
