@@ -92,38 +92,30 @@ def main() -> None:
     model_bf16 = load_model(args.model)[0].to(torch.bfloat16)
     test = [line.strip() for line in (PTB / "test.txt").read_text().splitlines() if line.strip()]
     rng = random.Random(0)
-    for encode in (lambda t: plain_encode(model, t), model.encode, model_bf16.encode):  # warm-up
+    paths = {  # path -> (texts -> most likely codes, codes -> token ids)
+        "plain": (lambda t: plain_encode(model, t), lambda c: plain_greedy(model, c)),
+        "package": (lambda t: model.encode(t)[0], lambda c: decode_ids(model, c)),
+        "bf16": (lambda t: model_bf16.encode(t)[0], lambda c: decode_ids(model_bf16, c)),
+    }
+    for encode, _ in paths.values():  # warm-up
         encode(test[:args.batch])
-    rates = {k: [] for k in ("plain_encode", "package_encode", "bf16_encode", "plain_decode", "package_decode",
-                             "bf16_decode")}
+    rates = {f"{path}_{part}": [] for part in ("encode", "decode") for path in paths}
     same_codes, same_text = [], []
     lengths = []
     for r in range(args.repeats):
         texts = rng.sample(test, args.batch)
         lengths.append(max(len(t.split()) for t in texts) / statistics.mean(len(t.split()) for t in texts))
-        order = [("plain", "package", "bf16"), ("bf16", "package", "plain")][r % 2]  # alternate which runs first
-        for path in order:
-            if path == "plain":
-                codes, t = timed(plain_encode, model, texts)
-                rates["plain_encode"].append(len(texts) / t)
-                ids, t = timed(plain_greedy, model, codes)
-                rates["plain_decode"].append(sum(map(len, ids)) / t)
-                plain_ids = ids
-            elif path == "package":
-                (codes, _), t = timed(model.encode, texts)
-                rates["package_encode"].append(len(texts) / t)
-                ids, t = timed(decode_ids, model, codes)
-                rates["package_decode"].append(sum(map(len, ids)) / t)
-                package_codes, package_ids = codes, ids
-            else:
-                (codes, _), t = timed(model_bf16.encode, texts)
-                rates["bf16_encode"].append(len(texts) / t)
-                ids, t = timed(decode_ids, model_bf16, codes)
-                rates["bf16_decode"].append(sum(map(len, ids)) / t)
-                bf16_codes, bf16_ids = codes, ids
-        assert plain_ids == package_ids, "the two paths reconstructed different sentences"
-        same_codes.append((bf16_codes == package_codes).float().mean().item())
-        same_text.append(sum(a == b for a, b in zip(bf16_ids, package_ids)) / len(package_ids))
+        out = {}
+        for path in list(paths) if r % 2 == 0 else list(paths)[::-1]:  # alternate which runs first
+            encode, decode = paths[path]
+            codes, t = timed(encode, texts)
+            rates[f"{path}_encode"].append(len(texts) / t)
+            ids, t = timed(decode, codes)
+            rates[f"{path}_decode"].append(sum(map(len, ids)) / t)
+            out[path] = codes, ids
+        assert out["plain"][1] == out["package"][1], "the two paths reconstructed different sentences"
+        same_codes.append((out["bf16"][0] == out["package"][0]).float().mean().item())
+        same_text.append(sum(a == b for a, b in zip(out["bf16"][1], out["package"][1])) / len(out["package"][1]))
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     result = {"model": args.model, "batch": args.batch, "repeats": args.repeats, "threads": args.threads,
