@@ -20,6 +20,10 @@ a child process (`--child`) that builds `textdvae.training.Trainer` for recipes/
   anonymous: the largest RssAnon sampled; anonymous when prepared: RssAnon once the Trainer is built, before any
   step (what the prepared data holds); largest batch: the most padded tokens of a batch the steps drew (the
   activations' share of the peak depends on it, so runs of the same recipe differ by the batches they draw).
+* ``--prime``: before the steps, one forward and backward at the largest shape a batch can take (``batch_size``
+  rows of ``max_length`` tokens, PTB's validation sentences run together), gradients then dropped and the random
+  state restored. A full run meets its longest batch sooner or later; a run of a few hundred steps meets whichever
+  its first pools hold, so without this the peaks of two corpora differ by the batches they happened to draw.
 * ``--streaming``: a ``data.streaming=true`` row (cache ``none``): the training split read as a stream in windows of
   ``data.shuffle_buffer`` sentences, its tokenizer trained on the stream's first ``tokenizer.train_samples``.
 
@@ -147,6 +151,9 @@ def child(args) -> None:
     result["prepared_anon_mb"] = status_mb("RssAnon")  # what the prepared data (and the model) hold before any step
     trainer.setup()
     setup_s = time.perf_counter() - start
+    if args.prime:
+        result["primed_tokens"] = prime(trainer, recipe)
+        sizes.clear()  # the primed batch went through collate too: keep the training steps' own
     trainer._loop_with_signal_handlers()
     elapsed = step_times(output_dir)
     result["first_step_s"] = setup_s + elapsed[0]
@@ -154,7 +161,7 @@ def child(args) -> None:
     result["peak_rss_mb"] = status_mb("VmHWM")
     result["peak_anon_mb"] = anon.stop()
     result["file_rss_mb"] = status_mb("RssFile")  # pages of mapped files (the Arrow caches, the libraries) at the end
-    result["largest_batch_tokens"] = max(sizes[:args.steps])
+    result["largest_batch_tokens"] = max(sizes[:args.steps] + [result.get("primed_tokens", 0)])
     stream = getattr(trainer, "stream", None)
     result["n_train"] = stream.counts["n_sentences"] if stream is not None else len(trainer.lengths)
     if encode_split is not None:
@@ -170,6 +177,31 @@ def child(args) -> None:
     print(json.dumps(result))
 
 
+def prime(trainer, recipe) -> int:
+    """One forward and backward of the trainer's model on a batch of the largest shape training can draw
+    (batch_size x max_length: `data.with_eos` keeps at most max_length tokens, end-of-sentence included), made of
+    the validation split's sentences run together (the same for every corpus size); the gradients are dropped and
+    the random state restored, so the steps after it are those of an unprimed run. Returns the batch's tokens."""
+    import torch
+
+    from textdvae import data as data_lib
+    rows, width = recipe.train.batch_size, recipe.data.max_length
+    split = trainer.data.splits["eval"]  # PTB's validation split: the same for every corpus size and data path
+    stream, i = [], 0
+    while len(stream) < rows * width:
+        stream += split.rows([i % len(split)])[0]
+        i += 1
+    batch = data_lib.collate([stream[r * width:(r + 1) * width] for r in range(rows)], recipe.model.pad_token_id)
+    with torch.random.fork_rng():
+        trainer.model.train()
+        with trainer._autocast():
+            out = trainer.model(batch["input_ids"], batch["attention_mask"], tau=1.0, beta=1.0,
+                                free_bits=recipe.train.free_bits)
+        out.loss.backward()
+    trainer.model.zero_grad(set_to_none=True)
+    return batch["input_ids"].numel()
+
+
 class ListSplit(list):
     """Token ids as a Python list of lists, with the row access the trainer uses."""
 
@@ -178,12 +210,12 @@ class ListSplit(list):
 
 
 def run_child(train: Path, output_dir: Path, cache: Path, steps: int, *, in_memory: bool = False,
-              streaming: bool = False, pythonpath: Path = ROOT) -> dict:
+              streaming: bool = False, prime: bool = False, pythonpath: Path = ROOT) -> dict:
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--train", str(train), "--output-dir",
                str(output_dir), "--steps", str(steps)] + (["--in-memory"] if in_memory else []) + \
-        (["--streaming"] if streaming else [])
+        (["--streaming"] if streaming else []) + (["--prime"] if prime else [])
     start = time.perf_counter()
     proc = subprocess.Popen(command, env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.communicate()
@@ -219,13 +251,15 @@ def measure(args) -> list[dict]:
             in_memory = mode == "warm" and n <= IN_MEMORY_MAX
             runs = 1 if mode == "cold" else args.repeats  # a cold row fills the cache: once
             result = repeated(runs, lambda i: run_child(train, folder / "run", cache, args.steps,
-                                                        in_memory=in_memory and i == 0))
-            rows.append({"sentences": n, "code": "arrow", "cache": mode, "steps": args.steps, **result})
+                                                        in_memory=in_memory and i == 0, prime=args.prime))
+            rows.append({"sentences": n, "code": "arrow", "cache": mode, "steps": args.steps, "primed": args.prime,
+                         **result})
             print(json.dumps(rows[-1]), flush=True)
         if args.streaming:  # the training split read as a stream: nothing cached, nothing tokenized ahead
             result = repeated(args.repeats, lambda i: run_child(train, folder / "run_stream", cache, args.steps,
-                                                                streaming=True))
-            rows.append({"sentences": n, "code": "streaming", "cache": "none", "steps": args.steps, **result})
+                                                                streaming=True, prime=args.prime))
+            rows.append({"sentences": n, "code": "streaming", "cache": "none", "steps": args.steps,
+                         "primed": args.prime, **result})
             print(json.dumps(rows[-1]), flush=True)
         if args.baseline:
             base_cache = folder / "hf_cache_baseline"
@@ -331,6 +365,8 @@ def main() -> None:
     parser.add_argument("--streaming", action="store_true", help="also a data.streaming=true row per size")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each warm and streaming row: the memory "
                         "figures and steps/s are their medians (the in-memory comparison runs in the first only)")
+    parser.add_argument("--prime", action="store_true", help="one step at the largest batch shape before the "
+                        "measured steps, so the peak does not depend on which batches a short run draws")
     parser.add_argument("--baseline", help="another checkout to run the cold rows with, e.g. one before this change")
     parser.add_argument("--collect", action="store_true", help="only rewrite the README table from the JSON")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
