@@ -72,8 +72,9 @@ def write_corpus(folder: Path, n: int) -> Path:
     return path
 
 
-def overrides(train: Path, output_dir: Path, steps: int, streaming: bool = False) -> list[str]:
-    return [*(["data.streaming=true"] if streaming else []), f"output_dir={output_dir}", "data.path=text",
+def overrides(train: Path, output_dir: Path, steps: int, streaming: bool = False, seed: int = 0) -> list[str]:
+    return [*(["data.streaming=true"] if streaming else []), f"output_dir={output_dir}", f"train.seed={seed}",
+            "data.path=text",
             "data.text_column=text", f"data.data_files.train={train}",
             f"data.data_files.validation={PTB / 'valid.txt'}", f"data.data_files.test={PTB / 'test.txt'}",
             "data.max_eval_samples=256", f"train.max_steps={steps}", "train.log_every=1", f"train.eval_every={steps}",
@@ -144,7 +145,7 @@ def child(args) -> None:
     data_lib.collate = measured_collate
     output_dir = Path(args.output_dir)
     shutil.rmtree(output_dir, ignore_errors=True)
-    recipe = recipe_lib.load(RECIPE, overrides(Path(args.train), output_dir, args.steps, args.streaming))
+    recipe = recipe_lib.load(RECIPE, overrides(Path(args.train), output_dir, args.steps, args.streaming, args.seed))
     start = time.perf_counter()
     trainer = Trainer(recipe)
     result["prepare_s"] = time.perf_counter() - start
@@ -210,12 +211,12 @@ class ListSplit(list):
 
 
 def run_child(train: Path, output_dir: Path, cache: Path, steps: int, *, in_memory: bool = False,
-              streaming: bool = False, prime: bool = False, pythonpath: Path = ROOT) -> dict:
+              streaming: bool = False, prime: bool = False, seed: int = 0, pythonpath: Path = ROOT) -> dict:
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--train", str(train), "--output-dir",
                str(output_dir), "--steps", str(steps)] + (["--in-memory"] if in_memory else []) + \
-        (["--streaming"] if streaming else []) + (["--prime"] if prime else [])
+        (["--streaming"] if streaming else []) + (["--prime"] if prime else []) + ["--seed", str(seed)]
     start = time.perf_counter()
     proc = subprocess.Popen(command, env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.communicate()
@@ -228,14 +229,16 @@ def run_child(train: Path, output_dir: Path, cache: Path, steps: int, *, in_memo
 
 
 def repeated(runs: int, run) -> dict:
-    """`run(i)` for i < runs; the first run's result with the memory figures and steps/s replaced by their medians
-    over the runs (the peak moves by a few percent between identical runs: the allocator, the sampling), and the
-    peaks of each run kept as `peak_rss_mb_runs`."""
+    """`run(i)` for i < runs, run i training with train.seed = i (so the runs draw different batches, in different
+    orders: the peak depends on them through the allocator, by a few percent); the first run's result with the
+    memory figures, the times to the first step and steps/s replaced by their medians over the runs, and each run's
+    peak and time to the first step kept as `peak_rss_mb_runs` and `first_step_s_runs`."""
     results = [run(i) for i in range(runs)]
     merged = dict(results[0])
-    for key in ("peak_rss_mb", "peak_anon_mb", "prepared_anon_mb", "steps_per_s"):
+    for key in ("peak_rss_mb", "peak_anon_mb", "prepared_anon_mb", "steps_per_s", "prepare_s", "first_step_s"):
         merged[key] = statistics.median(r[key] for r in results)
     merged["runs"], merged["peak_rss_mb_runs"] = runs, [r["peak_rss_mb"] for r in results]
+    merged["first_step_s_runs"] = [r["first_step_s"] for r in results]
     return merged
 
 
@@ -251,13 +254,13 @@ def measure(args) -> list[dict]:
             in_memory = mode == "warm" and n <= IN_MEMORY_MAX
             runs = 1 if mode == "cold" else args.repeats  # a cold row fills the cache: once
             result = repeated(runs, lambda i: run_child(train, folder / "run", cache, args.steps,
-                                                        in_memory=in_memory and i == 0, prime=args.prime))
+                                                        in_memory=in_memory and i == 0, prime=args.prime, seed=i))
             rows.append({"sentences": n, "code": "arrow", "cache": mode, "steps": args.steps, "primed": args.prime,
                          **result})
             print(json.dumps(rows[-1]), flush=True)
         if args.streaming:  # the training split read as a stream: nothing cached, nothing tokenized ahead
             result = repeated(args.repeats, lambda i: run_child(train, folder / "run_stream", cache, args.steps,
-                                                                streaming=True, prime=args.prime))
+                                                                streaming=True, prime=args.prime, seed=i))
             rows.append({"sentences": n, "code": "streaming", "cache": "none", "steps": args.steps,
                          "primed": args.prime, **result})
             print(json.dumps(rows[-1]), flush=True)
@@ -290,6 +293,15 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def spread(big: dict, small: dict) -> str:
+    """The range of the runs' peaks of two repeated rows, or nothing for rows measured once."""
+    if len(big.get("peak_rss_mb_runs", [])) < 2 or len(small.get("peak_rss_mb_runs", [])) < 2:
+        return ""
+    span = lambda r: f"{min(r['peak_rss_mb_runs']) / 1024:.2f} .. {max(r['peak_rss_mb_runs']) / 1024:.2f} GB"  # noqa: E731
+    return (f" Over the map-style runs (train.seed 0 .. {len(big['peak_rss_mb_runs']) - 1}): {span(big)} at "
+            f"{big['sentences']:,} sentences, {span(small)} at {small['sentences']:,}.")
+
+
 def summary(rows: list[dict]) -> list[str]:
     """The issue's checks, from the rows of the largest corpus measured with every figure and the 1M rows."""
     def get(n, code, cache):
@@ -309,11 +321,18 @@ def summary(rows: list[dict]) -> list[str]:
                      f"({gb(warm_small['peak_rss_mb'])} at {small:,}: "
                      f"{warm['peak_rss_mb'] / warm_small['peak_rss_mb'] - 1:+.0%}), {gb(stream['peak_rss_mb'])} "
                      f"streaming ({gb(stream_small['peak_rss_mb'])}: "
-                     f"{stream['peak_rss_mb'] / stream_small['peak_rss_mb'] - 1:+.0%}). The memory the process holds: "
+                     f"{stream['peak_rss_mb'] / stream_small['peak_rss_mb'] - 1:+.0%}).{spread(warm, warm_small)} The memory the process holds: "
                      f"{gb(warm['peak_anon_mb'])} map-style ({gb(warm_small['peak_anon_mb'])} at {small:,}), {gb(stream['peak_anon_mb'])} streaming "
                      f"({gb(stream_small['peak_anon_mb'])}). Pages of mapped files at the end of the map-style run: "
                      f"{gb(warm['file_rss_mb'])} ({gb(warm_small['file_rss_mb'])} at {small:,}).")
-        if "prepared_anon_mb" in warm and "prepared_anon_mb" in warm_small:
+        if "prepared_anon_mb" in warm and "prepared_anon_mb" in warm_small and warm.get("primed"):
+            grow = (warm["prepared_anon_mb"] - warm_small["prepared_anon_mb"]) * 2**20 / (big - small)
+            lines.append(f"- What the prepared data holds grows by {grow:.1f} bytes a sentence (anonymous memory before "
+                         f"the first step: {gb(warm['prepared_anon_mb'])} at {big:,}, "
+                         f"{gb(warm_small['prepared_anon_mb'])} at {small:,}). The rest of the peak is the steps' "
+                         f"activations, the same batch shapes at both sizes (every run primed at "
+                         f"{warm['largest_batch_tokens']:,} padded tokens), and what the allocator keeps of them.")
+        elif "prepared_anon_mb" in warm and "prepared_anon_mb" in warm_small:
             grow = (warm["prepared_anon_mb"] - warm_small["prepared_anon_mb"]) * 2**20 / (big - small)
             lines.append(f"- What the prepared data holds grows by {grow:.1f} bytes a sentence (anonymous memory before "
                          f"the first step: {gb(warm['prepared_anon_mb'])} at {big:,}, "
@@ -344,9 +363,12 @@ def write_readme(rows: list[dict]) -> None:
              "memory the process itself holds (RssAnon, sampled every 10 ms): the figure that decides whether a "
              "corpus fits. Anonymous when prepared: RssAnon once the trainer is built (data prepared, model made), "
              "before any step: what the data holds. Largest batch: the most padded tokens (rows x longest sentence) "
-             "of the batches the run's steps drew, which sets the activations' share of the peak. Rows run with "
-             "`--repeats 3` give the medians of three runs for the memory figures and steps/s (the peak of identical "
-             "runs moves by a few percent; each run's peak RSS is in the JSON). `lists` rows: the data path before the Arrow change (every sentence a Python str, every "
+             "of the batches the run's steps drew, which sets the activations' share of the peak; with `--prime` "
+             "(the `primed` rows) each run first takes one step at the largest shape a batch can have (batch size x "
+             "max_length), so that share is the same whatever a short run happens to draw. Rows run with "
+             "`--repeats R` give the medians of R runs with train.seed 0 .. R-1 (each draws its own batches in its "
+             "own order, and the peak moves with them by a few percent) for the memory figures, the times and "
+             "steps/s; each run's peak RSS is in the JSON and the range in the summary. `lists` rows: the data path before the Arrow change (every sentence a Python str, every "
              "tokenized one a list of ints), run with `--baseline`. `streaming`: the first window of "
              "`data.shuffle_buffer` (50,000) sentences is all those steps read. Rows without a peak-anonymous figure "
              "(100,000 sentences and the `lists` rows) were measured before it was recorded, on a machine whose one "
@@ -363,8 +385,9 @@ def main() -> None:
     parser.add_argument("--caches", nargs="*", default=["cold", "warm"], choices=["cold", "warm"],
                         help="the map-style rows to measure (the warm one needs the cold one before it)")
     parser.add_argument("--streaming", action="store_true", help="also a data.streaming=true row per size")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each warm and streaming row: the memory "
-                        "figures and steps/s are their medians (the in-memory comparison runs in the first only)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each warm and streaming row, with train.seed "
+                        "0, 1, ...: the memory figures, times and steps/s are their medians (the in-memory comparison "
+                        "runs in the first only)")
     parser.add_argument("--prime", action="store_true", help="one step at the largest batch shape before the "
                         "measured steps, so the peak does not depend on which batches a short run draws")
     parser.add_argument("--baseline", help="another checkout to run the cold rows with, e.g. one before this change")
@@ -373,6 +396,7 @@ def main() -> None:
     parser.add_argument("--train", help=argparse.SUPPRESS)
     parser.add_argument("--output-dir", help=argparse.SUPPRESS)
     parser.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
