@@ -360,6 +360,21 @@ def test_second_preparation_reuses_the_cached_tokenizer_and_token_ids(tmp_path, 
         data_lib.prepare_data(ptb_recipe(tmp_path), tokenizer=other)
 
 
+def test_another_training_seed_reuses_a_sampled_tokenizer_and_its_token_ids(tmp_path, monkeypatch):
+    from textdvae import data as data_lib
+    first = data_lib.prepare_data(ptb_recipe(tmp_path, "tokenizer.train_samples=50"))  # 301 sentences: sampled
+
+    def fail(*args, **kwargs):
+        raise AssertionError("tokenized or trained again for another training seed")
+
+    monkeypatch.setattr(data_lib, "build_tokenizer", fail)
+    monkeypatch.setattr(data_lib, "_encode_batch", fail)
+    again = data_lib.prepare_data(ptb_recipe(tmp_path, "tokenizer.train_samples=50", "train.seed=7"))
+    assert again.splits["train"].rows(range(301)) == first.splits["train"].rows(range(301))
+    with pytest.raises(AssertionError, match="another training seed"):  # another sample is another tokenizer
+        data_lib.prepare_data(ptb_recipe(tmp_path, "tokenizer.train_samples=50", "tokenizer.sample_seed=1"))
+
+
 def test_tokenizer_reads_a_seeded_sample_of_a_large_training_split():
     from textdvae.data import tokenizer_sample
     train = datasets.Dataset.from_dict({"text": [f"s{i}" for i in range(1000)]})

@@ -557,20 +557,22 @@ def prepare_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase | None = Non
 
 def trained_tokenizer(recipe: Recipe, train: datasets.Dataset) -> PreTrainedTokenizerBase:
     """build_tokenizer on :func:`tokenizer_sample` of the training split, kept next to the split in the datasets
-    cache (keyed by the split's fingerprint, the tokenizer section and the sampling seed), so a second run on the same
-    data reloads it instead of training it again. Pretrained and sentencepiece tokenizers are loaded as before."""
+    cache (keyed by the split's fingerprint and the tokenizer section, whose ``sample_seed`` draws the sample; not
+    ``train.seed``), so a second run on the same data, with any training seed, reloads it instead of training it
+    again. Pretrained and sentencepiece tokenizers are loaded as before."""
     cfg = recipe.tokenizer
     sampled = cfg.train_samples is not None and len(train) > cfg.train_samples
     if cfg.kind in ("pretrained", "sentencepiece") or not train.cache_files:
-        return build_tokenizer(cfg, tokenizer_sample(train, cfg.train_samples, recipe.train.seed))
-    key = json.dumps([ENCODING_VERSION, train._fingerprint, dataclasses.asdict(cfg),
-                      recipe.train.seed if sampled else None], sort_keys=True)
+        return build_tokenizer(cfg, tokenizer_sample(train, cfg.train_samples, cfg.sample_seed))
+    section = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "sample_seed"}
+    key = json.dumps([ENCODING_VERSION, train._fingerprint, section, cfg.sample_seed if sampled else None],
+                     sort_keys=True)
     folder = (Path(train.cache_files[0]["filename"]).parent / "textdvae-tokenizers" /
               hashlib.sha256(key.encode("utf-8")).hexdigest()[:32])
     if (folder / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(folder)
-    tokenizer = build_tokenizer(cfg, tokenizer_sample(train, cfg.train_samples, recipe.train.seed))
+    tokenizer = build_tokenizer(cfg, tokenizer_sample(train, cfg.train_samples, cfg.sample_seed))
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     tokenizer.save_pretrained(tmp)
     try:

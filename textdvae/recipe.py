@@ -76,8 +76,11 @@ class TokenizerConfig:
     lowercase: bool = False
     name_or_path: str | None = None  # for kind=pretrained or kind=sentencepiece
     # trained kinds read at most this many training sentences: all of them when the split is no larger, else a sample
-    # drawn with train.seed; None: the whole split (memory and time grow with it)
+    # drawn with sample_seed; None: the whole split (memory and time grow with it)
     train_samples: int | None = 1_000_000
+    # the seed of that sample: its own, not train.seed, so that runs with other seeds reuse the tokenizer and the
+    # tokenized splits in the datasets cache (at 10M sentences another tokenizer costs minutes of tokenizing)
+    sample_seed: int = 0
 
     def validate(self) -> None:
         check_choice("tokenizer.kind", self.kind, ("word", "bpe", "unigram", "pretrained", "sentencepiece"), RecipeError)
