@@ -295,7 +295,7 @@ def table(rows: list[dict]) -> list[str]:
 
 def spread(big: dict, small: dict) -> str:
     """The range of the runs' peaks of two repeated rows, or nothing for rows measured once."""
-    if len(big.get("peak_rss_mb_runs", [])) < 2 or len(small.get("peak_rss_mb_runs", [])) < 2:
+    if any(len(r.get("first_step_s_runs", [])) < 2 for r in (big, small)):  # measured once, or before runs had seeds
         return ""
     span = lambda r: f"{min(r['peak_rss_mb_runs']) / 1024:.2f} .. {max(r['peak_rss_mb_runs']) / 1024:.2f} GB"  # noqa: E731
     return (f" Over the map-style runs (train.seed 0 .. {len(big['peak_rss_mb_runs']) - 1}): {span(big)} at "
