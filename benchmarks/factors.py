@@ -105,11 +105,33 @@ def table(rows: list[dict]) -> str:
                      f"{r['nmi_min']:.2f} | {r['mig']:.2f} | {r['sap']:.2f} | {r['dci_disentanglement']:.2f} / "
                      f"{r['dci_completeness']:.2f} / {r['dci_informativeness']:.2f} | "
                      f"{r['exact_reconstruction']:.1%} | {clean} | {r['minutes']:.1f} |")
+    lines += seed_means(rows)
     lines.append("")
     lines.append("Commands:")
     lines.append("")
     lines += [f"- {r['name']}: `{r['command']}`" for r in rows]
     return "\n".join(lines)
+
+
+SEED = re.compile(r"^(.*?)(?:, seed (\d+))?$")
+
+
+def seed_means(rows: list[dict]) -> list[str]:
+    """One line per trial run with several seeds (rows named `NAME` or `NAME, seed S`, the bare name being seed 0):
+    the means over its seeds, since one run per setting cannot rank settings on alignment."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(SEED.match(r["name"]).group(1), []).append(r)
+    keys = [("−ELBO", lambda r: -r["elbo"], ".2f"), ("mean NMI", lambda r: r["nmi_mean"], ".2f"),
+            ("MIG", lambda r: r["mig"], ".2f"), ("exact rec.", lambda r: r["exact_reconstruction"], ".1%"),
+            ("traversal clean", lambda r: r["traversal_clean"], ".0%")]
+    lines = []
+    for name, group in groups.items():
+        if len(group) < 2 or any("traversal_clean" not in r for r in group):
+            continue
+        means = ", ".join(f"{label} {sum(map(get, group)) / len(group):{spec}}" for label, get, spec in keys)
+        lines.append(f"- {name}, mean of {len(group)} seeds: {means}")
+    return ["", "Means over seeds:", "", *lines] if lines else []
 
 
 def write_readme(text: str, readme: Path) -> None:

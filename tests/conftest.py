@@ -21,9 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # A TextDVAEConfig small enough to build and run in milliseconds (vocab_size is the caller's).
 TINY_MODEL = dict(embed_dim=16, hidden_dim=32, num_heads=2, ffn_dim=64, num_latents=3, num_categories=4)
 
+# The KL weight as a schedule with free bits (the quick-start recipe's objective before its rate dial), for the tests of
+# the machinery: their tiny codes (4 latents x 4 categories, 5.5 nats at most) cannot hold the recipe's 13-nat rate,
+# and the dial has its own tests (test_rate.py).
+SCHEDULED_KL = ["train.target_rate=null", "train.free_bits=1.0", "train.beta_warmup_steps=1000"]
+
 # Overrides of recipes/quickstart.yaml for a model and a data slice that train in seconds.
 TINY = ["model.hidden_dim=32", "model.embed_dim=16", "model.num_latents=4", "model.num_categories=4",
-        "data.max_train_samples=400", "data.max_eval_samples=40", "train.batch_size=32", "train.iw_samples=4"]
+        "data.max_train_samples=400", "data.max_eval_samples=40", "train.batch_size=32", "train.iw_samples=4",
+        *SCHEDULED_KL]
 
 
 def cli_env() -> dict[str, str]:
@@ -88,8 +94,8 @@ def train_small_quickstart(out: Path, max_train_samples: int, max_steps: int) ->
 
     textdvae.train(str(ROOT / "recipes" / "quickstart.yaml"), [
         f"output_dir={out}", "model.hidden_dim=64", "model.embed_dim=32", f"data.max_train_samples={max_train_samples}",
-        "data.max_eval_samples=50", f"train.max_steps={max_steps}", "train.free_bits=2.0", "train.iw_samples=2",
-        "train.eval_every=1000", "train.save_every=1000"])
+        "data.max_eval_samples=50", f"train.max_steps={max_steps}", *SCHEDULED_KL, "train.free_bits=2.0",
+        "train.iw_samples=2", "train.eval_every=1000", "train.save_every=1000"])
     return out / "final"
 
 

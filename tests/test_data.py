@@ -13,6 +13,8 @@ from textdvae.data import DataError, collate, encode, load_texts, make_batches, 
 from textdvae.recipe import DataConfig, TokenizerConfig
 from textdvae.tokenization import build_tokenizer
 
+from conftest import SCHEDULED_KL
+
 SHARED = Path("/work/shared/data")
 # short Yelp: `label<TAB>sentence`; quotes are ordinary characters and "nan"/"null" are words, not missing values
 YELP_OPTIONS = {"delimiter": "\t", "column_names": ["label", "text"], "quoting": 3, "na_filter": False}
@@ -292,7 +294,7 @@ def ptb_recipe(tmp_path, *overrides):
     return recipe_lib.load("recipes/quickstart.yaml", [
         f"output_dir={tmp_path / 'run'}", "data.path=text", "data.text_column=text",
         f"data.data_files.train={files['train']}", f"data.data_files.validation={files['validation']}",
-        f"data.data_files.test={files['validation']}", "data.max_length=6", *overrides])
+        f"data.data_files.test={files['validation']}", "data.max_length=6", *SCHEDULED_KL, *overrides])
 
 
 def test_prepared_splits_are_arrow_backed_and_match_encode(tmp_path):

@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 
 from textdvae import cli
 
-from conftest import ROOT, cli_env
+from conftest import ROOT, SCHEDULED_KL, cli_env
 RECIPE = "recipes/quickstart.yaml"
 RUN = ["model.hidden_dim=32", "model.embed_dim=16", "data.max_train_samples=400", "data.max_eval_samples=41",
        "train.batch_size=32", "train.iw_samples=4", "train.max_steps=20", "train.eval_every=10", "train.save_every=10",
-       "train.log_every=5", "train.eval_batch_size=21"]
+       "train.log_every=5", "train.eval_batch_size=21", *SCHEDULED_KL]
 TOLERANCE = 1e-5
 
 

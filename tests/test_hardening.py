@@ -30,13 +30,14 @@ from textdvae.redact import is_credential_key, public_recipe, without_credential
 from textdvae.training import Trainer, TrainingError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import SCHEDULED_KL  # noqa: E402
 from hub_server import RESULT_MARK, HubServer, child_result, run_with_hub  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "quickstart.yaml"
 TINY = ["model.hidden_dim=32", "model.embed_dim=16", "model.num_latents=4", "model.num_categories=4",
         "data.max_train_samples=200", "data.max_eval_samples=20", "train.batch_size=32", "train.iw_samples=2",
-        "train.log_with=[]"]
+        "train.log_with=[]", *SCHEDULED_KL]
 SECRET = "hf_SECRETsecretSECRET"
 
 

@@ -12,7 +12,7 @@ from textdvae.checkpointing import latest_checkpoint
 from textdvae.data import TrainStream
 from textdvae.recipe import DataConfig
 from textdvae.tokenization import build_tokenizer
-from conftest import textdvae_here
+from conftest import SCHEDULED_KL, textdvae_here
 from test_faults import RECIPE, assert_bitwise_equal, start, training_log, wait_for, weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def corpus(tmp_path_factory):
 
 
 def stream_run(corpus):
-    return ["model.hidden_dim=32", "model.embed_dim=16", "model.num_latents=4", "model.num_categories=4",
+    return [*SCHEDULED_KL, "model.hidden_dim=32", "model.embed_dim=16", "model.num_latents=4", "model.num_categories=4",
             "train.batch_size=32", "train.iw_samples=4", "model.dropout=0.1", "train.word_dropout=0.1",
             "train.max_steps=40", "train.save_every=7", "train.eval_every=10", "train.log_every=5",
             "data.streaming=true", "data.shuffle_buffer=70", f"data.data_files.train={corpus / 'train.jsonl'}",
