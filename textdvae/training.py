@@ -299,8 +299,19 @@ class Trainer:
             self.save_checkpoint()  # the last step: a run that dies in the final evaluation resumes into it
             return self.finish()
         finally:
-            self.accelerator.end_training()  # closes the trackers
+            self._end_training()
             self.release()
+
+    def _end_training(self) -> None:
+        """accelerate's end_training (closes the trackers, destroys the process group), once gloo's worker threads
+        are done with the last collectives. A worker destroys each collective's work object after running it, and
+        destroying one that holds tensors made in Python takes the GIL; the process group's destructor (run when the
+        DDP model lets go of it) joins those workers while holding the GIL, so a worker still finishing then waits
+        on the main thread forever (seen once at the end of a 2-process streaming run: the main thread in
+        ~ProcessGroupGloo's join, the worker in ~AsyncAllgatherWork waiting for the GIL). Sleeping releases the GIL."""
+        if self.world > 1:
+            time.sleep(0.1)
+        self.accelerator.end_training()
 
     def _loop_with_signal_handlers(self) -> None:
         previous = {}
