@@ -188,10 +188,8 @@ def prime(trainer, recipe) -> int:
     from textdvae import data as data_lib
     rows, width = recipe.train.batch_size, recipe.data.max_length
     split = trainer.data.splits["eval"]  # PTB's validation split: the same for every corpus size and data path
-    stream, i = [], 0
-    while len(stream) < rows * width:
-        stream += split.rows([i % len(split)])[0]
-        i += 1
+    ids = [token for sentence in split.rows(range(len(split))) for token in sentence]  # one read, run together
+    stream = ids * -(-rows * width // len(ids))  # repeated until it fills the batch
     batch = data_lib.collate([stream[r * width:(r + 1) * width] for r in range(rows)], recipe.model.pad_token_id)
     with torch.random.fork_rng():
         trainer.model.train()

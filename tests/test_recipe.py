@@ -50,6 +50,7 @@ def test_overrides_are_typed_and_dotted(tmp_path):
     ("train.beta_schedule=cosine", "beta_schedule"),
     ("data.max_length=1", "max_length"),
     ("tokenizer.kind=pretrained", "name_or_path"),
+    ("tokenizer.sample_seed=-1", "tokenizer.sample_seed must be an integer >= 0"),
     ("novalue", "key=value"),
 ])
 def test_bad_recipes_name_the_key(override, message):

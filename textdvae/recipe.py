@@ -87,6 +87,7 @@ class TokenizerConfig:
         _positive("tokenizer.vocab_size", self.vocab_size, minimum=8)
         if self.train_samples is not None:
             _positive("tokenizer.train_samples", self.train_samples)
+        _positive("tokenizer.sample_seed", self.sample_seed, minimum=0)
         _positive("tokenizer.min_frequency", self.min_frequency)
         if self.kind in ("pretrained", "sentencepiece") and not self.name_or_path:
             raise RecipeError(f"tokenizer.kind={self.kind} needs tokenizer.name_or_path (a Hub id, folder or .model file)")
