@@ -8,6 +8,7 @@ import torch
 from conftest import TINY_MODEL, all_codes
 from textdvae import TextDVAE, TextDVAEConfig
 from textdvae.estimators import kl_to_uniform, log_prob_of_codes, sample_categorical
+from textdvae.modeling import Dropout
 
 PAIRS = [(e, d) for e in ("gru", "transformer") for d in ("gru", "transformer")]
 
@@ -209,7 +210,7 @@ def test_weight_drop_masks_the_recurrent_weights_in_training_only():
     torch.manual_seed(1)
     rec = dropped.train()(ids, mask).rec  # latent none, dropout 0: the weight mask is the only randomness
     torch.manual_seed(1)
-    w = torch.nn.functional.dropout(plain.decoder.rnn.weight_hh_l0.detach(), 0.5)
+    w = Dropout(0.5)(plain.decoder.rnn.weight_hh_l0.detach())  # the same draw as the model's DropConnect
     with torch.no_grad():
         plain.decoder.rnn.weight_hh_l0.copy_(w)
     assert torch.allclose(rec, plain.eval()(ids, mask).rec, atol=1e-5)
