@@ -38,7 +38,8 @@ class TextDVAEConfig(PreTrainedConfig):
             measurements (`benchmarks/conditioning.py`): benchmarks/RESULTS.md.
         num_heads (`int`, defaults to 4): attention heads (Transformer only); must divide `hidden_dim`.
         ffn_dim (`int`, defaults to 1024): inner width of the Transformer feed-forward blocks.
-        dropout (`float`, defaults to 0.0): dropout on embeddings and between layers.
+        dropout (`float`, defaults to 0.0): dropout on embeddings and between layers (`modeling.Dropout`: on CPU its
+            masks come from 16-bit random integers, so the rate is this value rounded to a multiple of 2^-16).
         weight_drop (`float`, defaults to 0.0): DropConnect on the GRU decoder's recurrent (hidden-to-hidden) weights,
             one mask per training batch (Merity et al. 2018, "Regularizing and Optimizing LSTM Language Models"):
             regularises the recurrence itself, which dropout on inputs and outputs leaves alone.
