@@ -5,7 +5,8 @@
 
 For each corpus the categorical model is its recipe as shipped (recipes/quickstart.yaml, recipes/yelp_short.yaml).
 The Gaussian model is the same recipe (same encoder, decoder, steps, data and seed) with `model.latent=gaussian`,
-`model.latent_dim` = the recipe's number of latents, free bits off, and `train.target_rate` set to the categorical
+`model.latent_dim` = the recipe's number of latents, its N(0, I) prior (`model.prior=uniform`: a recipe's learned
+prior is over categorical codes), free bits off, and `train.target_rate` set to the categorical
 model's test KL, so the rate controller holds it at the categorical model's rate.
 
 Each model is scored on its corpus's test split with `textdvae factors` (Gaussian models on their posterior means,
@@ -101,7 +102,8 @@ def measure(out: Path, threads: int) -> list[dict]:
         rate = round(rows[-1]["kl"], 2)  # the categorical model's test KL: the Gaussian model is held there
         gauss_run = out / f"{recipe}_gaussian"
         command = train(recipe, gauss_run, ["model.latent=gaussian", f"model.latent_dim={cfg['num_latents']}",
-                                            "train.free_bits=0", f"train.target_rate={rate}"], threads)
+                                            "model.prior=uniform", "train.free_bits=0", f"train.target_rate={rate}"],
+                        threads)  # prior=uniform: a learned prior over codes does not apply to a Gaussian latent
         rows.append(row(corpus, "gaussian", command, gauss_run, score(gauss_run, data, factors)))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "factors"}), flush=True)
     return rows
