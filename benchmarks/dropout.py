@@ -26,6 +26,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from gru_kernels import timed  # noqa: E402
 from throughput import load_sentences, train_step  # noqa: E402
 
 from textdvae.modeling import Dropout, GRUDecoder  # noqa: E402
@@ -46,17 +47,6 @@ def use_dropout(model: nn.Module, which: str, p: float) -> None:
             parent.between = Dropout(0.0 if which == "torch" else p)
 
 
-def median_ms(fn, rounds: int, calls: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - t0) / calls * 1e3)
-    return statistics.median(times)
-
-
 def measure_mask(rounds: int) -> list[dict]:
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -64,7 +54,7 @@ def measure_mask(rounds: int) -> list[dict]:
         grad = torch.ones(SHAPE, dtype=dtype)
         ms = {}
         for label, module in (("torch", nn.Dropout(0.3)), ("ours", Dropout(0.3))):
-            ms[label] = median_ms(lambda m=module: m(x).backward(grad), rounds)
+            ms[label] = timed(lambda m=module: m(x).backward(grad), rounds) * 1e3
         rows.append({"dtype": str(dtype).removeprefix("torch."), "shape": list(SHAPE), "torch_ms": round(ms["torch"], 3),
                      "ours_ms": round(ms["ours"], 3), "speedup": round(ms["torch"] / ms["ours"], 2)})
     return rows
