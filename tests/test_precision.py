@@ -78,3 +78,35 @@ def test_a_bf16_run_learns_with_fp32_weights_and_evaluates_in_fp32(tmp_path, one
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
     metrics = elbo_pass(fresh, trainer.eval_batches("eval"), trainer.accelerator, seed=trainer.cfg.seed)
     assert metrics["rec"] == evals[-1]["rec"] and metrics["kl"] == evals[-1]["kl"]
+
+
+def test_the_grus_run_in_bf16_end_to_end_under_autocast_and_exactly_as_nn_gru_outside_it():
+    """`modeling.run_gru`: outside autocast it is nn.GRU itself (same outputs and states, bit for bit); under bf16
+    autocast the inputs, states and weights are bf16 (no per-step casts), close to fp32, and the gradients reach
+    the fp32 weights."""
+    from textdvae.modeling import run_gru
+
+    torch.manual_seed(0)
+    gru = nn.GRU(12, 16, 2, batch_first=True)
+    x, h0 = torch.randn(5, 7, 12), torch.randn(2, 5, 16)
+    out, h = run_gru(gru, x, h0)
+    ref_out, ref_h = gru(x, h0)
+    assert torch.equal(out, ref_out) and torch.equal(h, ref_h)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_out, low_h = run_gru(gru, x, h0)
+    assert low_out.dtype == low_h.dtype == torch.bfloat16
+    torch.testing.assert_close(low_out.float(), ref_out, atol=0.04, rtol=0.02)  # bf16: 8 bits of mantissa
+    low_out.float().square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in gru.parameters())
+    ref_grads = torch.autograd.grad(ref_out.square().sum(), list(gru.parameters()))
+    for p, g in zip(gru.parameters(), ref_grads):
+        assert torch.nn.functional.cosine_similarity(p.grad.flatten(), g.flatten(), dim=0) > 0.99
+    # in the model: the encoder's and the decoder's states are bf16 under autocast, fp32 outside it
+    model = TextDVAE(TextDVAEConfig(**{**TINY_MODEL, "vocab_size": 40})).train()
+    ids = torch.randint(3, 40, (4, 9))
+    mask = torch.ones_like(ids)
+    for enabled, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            params, pooled = model.posterior(ids, mask)
+            cond = model.condition(torch.nn.functional.one_hot(params.argmax(-1), params.size(-1)).float())
+            assert pooled.dtype == model.decoder_states(ids, cond).dtype == dtype

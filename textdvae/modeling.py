@@ -164,6 +164,34 @@ class TransformerStack(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Recurrent layers in bf16 under CPU autocast
+
+def rnn_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a GRU runs in: bf16 end to end (inputs, states, weights) under CPU bf16 autocast, else x's own.
+    Autocast leaves `aten::gru` alone and casts inside it: every step's fp32 state to bf16 for the product and the
+    product back to fp32 for the gates, copies that took 11 % of the PTB recipe's bf16 step. Autocast itself runs
+    oneDNN's LSTM in bf16 end to end (`mkldnn_rnn_layer` is on its bf16 list), as it runs cuDNN's RNNs in fp16; this
+    does the same for the GRU. Weights and their gradients stay fp32 (the casts are differentiable). The step and the
+    PTB bound it gives: benchmarks/RESULTS.md, Performance, session 26."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return torch.bfloat16
+    return x.dtype
+
+
+def run_gru(gru: nn.GRU, x: Tensor, h0: Tensor | None, params: list[Tensor] | None = None,
+            dropout: float = 0.0) -> tuple[Tensor, Tensor]:
+    """`gru` (batch first, one direction) over x (B, T, E) from h0 (L, B, H) or zeros, in `rnn_dtype(x)`; `params`
+    replaces its flat weights (DropConnect, one layer of several). -> outputs (B, T, H), final states (L, B, H)."""
+    dtype = rnn_dtype(x)
+    params = gru._flat_weights if params is None else params
+    layers = len(params) // 4
+    if h0 is None:
+        h0 = x.new_zeros(layers, x.size(0), gru.hidden_size, dtype=dtype)
+    params = [p.to(dtype) for p in params]
+    return torch.gru(x.to(dtype), h0.to(dtype), params, True, layers, dropout, gru.training, False, True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Encoders: tokens -> one pooled vector per sentence
 
 
@@ -186,13 +214,13 @@ class GRUEncoder(nn.Module):
         B, T, E = emb.shape
         lengths = mask.sum(1)  # (B,)
         last = (lengths - 1).view(B, 1, 1).expand(B, 1, self.fwd.hidden_size)  # (B, 1, H) index of the last token
-        h_fwd = self.fwd(emb)[0].gather(1, last).squeeze(1)  # (B, H) state after x_1..x_n
+        h_fwd = run_gru(self.fwd, emb, None, dropout=self.fwd.dropout)[0].gather(1, last).squeeze(1)  # (B, H) after x_1..x_n
         if self.bwd is None:
             return h_fwd
         pos = torch.arange(T, device=emb.device).expand(B, T)
         rev = torch.where(pos < lengths[:, None], lengths[:, None] - 1 - pos, pos)  # (B, T) reverse real tokens only
         emb_rev = emb.gather(1, rev.unsqueeze(-1).expand(B, T, E))  # (B, T, E)
-        h_bwd = self.bwd(emb_rev)[0].gather(1, last).squeeze(1)  # (B, H) state after x_n..x_1
+        h_bwd = run_gru(self.bwd, emb_rev, None, dropout=self.bwd.dropout)[0].gather(1, last).squeeze(1)  # x_n..x_1
         return torch.cat([h_fwd, h_bwd], dim=-1)  # (B, 2H)
 
 
@@ -249,18 +277,15 @@ class GRUDecoder(nn.Module):
             weights = dict(self.rnn.named_parameters())
             for i in range(self.layers):
                 weights[f"weight_hh_l{i}"] = self.hh_drop(weights[f"weight_hh_l{i}"])
-        if not (self.training and self.between.p):
-            if weights is None:
-                out, h = self.rnn(x, state["h"])  # (B, T, H), (L, B, H)
-            else:
-                out, h = torch.func.functional_call(self.rnn, weights, (x, state["h"]))
-            return out, {"h": h, "in": state["in"]}
         weights = weights or dict(self.rnn.named_parameters())
+        names = [f"{kind}_l{i}" for i in range(self.layers) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        if not (self.training and self.between.p):
+            out, h = run_gru(self.rnn, x, state["h"], [weights[k] for k in names])  # (B, T, H), (L, B, H)
+            return out, {"h": h, "in": state["in"]}
         h0 = state["h"] if state["h"] is not None else x.new_zeros(self.layers, x.size(0), self.H)  # (L, B, H)
         finals = []
         for i in range(self.layers):  # one layer at a time (the kernel nn.GRU runs), our dropout between them
-            params = [weights[f"{kind}_l{i}"] for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            x, h_i = torch.gru(x, h0[i:i + 1], params, True, 1, 0.0, True, False, True)  # (B, T, H), (1, B, H)
+            x, h_i = run_gru(self.rnn, x, h0[i:i + 1], [weights[k] for k in names[4 * i:4 * i + 4]])  # (B, T, H), (1, B, H)
             finals.append(h_i)
             if i < self.layers - 1:
                 x = self.between(x)
