@@ -178,8 +178,7 @@ def rnn_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-def run_gru(gru: nn.GRU, x: Tensor, h0: Tensor | None, params: list[Tensor] | None = None,
-            dropout: float = 0.0) -> tuple[Tensor, Tensor]:
+def run_gru(gru: nn.GRU, x: Tensor, h0: Tensor | None, params: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """`gru` (batch first, one direction) over x (B, T, E) from h0 (L, B, H) or zeros, in `rnn_dtype(x)`; `params`
     replaces its flat weights (DropConnect, one layer of several). -> outputs (B, T, H), final states (L, B, H)."""
     dtype = rnn_dtype(x)
@@ -188,7 +187,7 @@ def run_gru(gru: nn.GRU, x: Tensor, h0: Tensor | None, params: list[Tensor] | No
     if h0 is None:
         h0 = x.new_zeros(layers, x.size(0), gru.hidden_size, dtype=dtype)
     params = [p.to(dtype) for p in params]
-    return torch.gru(x.to(dtype), h0.to(dtype), params, True, layers, dropout, gru.training, False, True)
+    return torch.gru(x.to(dtype), h0.to(dtype), params, True, layers, gru.dropout, gru.training, False, True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,13 +213,13 @@ class GRUEncoder(nn.Module):
         B, T, E = emb.shape
         lengths = mask.sum(1)  # (B,)
         last = (lengths - 1).view(B, 1, 1).expand(B, 1, self.fwd.hidden_size)  # (B, 1, H) index of the last token
-        h_fwd = run_gru(self.fwd, emb, None, dropout=self.fwd.dropout)[0].gather(1, last).squeeze(1)  # (B, H) after x_1..x_n
+        h_fwd = run_gru(self.fwd, emb, None)[0].gather(1, last).squeeze(1)  # (B, H) state after x_1..x_n
         if self.bwd is None:
             return h_fwd
         pos = torch.arange(T, device=emb.device).expand(B, T)
         rev = torch.where(pos < lengths[:, None], lengths[:, None] - 1 - pos, pos)  # (B, T) reverse real tokens only
         emb_rev = emb.gather(1, rev.unsqueeze(-1).expand(B, T, E))  # (B, T, E)
-        h_bwd = run_gru(self.bwd, emb_rev, None, dropout=self.bwd.dropout)[0].gather(1, last).squeeze(1)  # x_n..x_1
+        h_bwd = run_gru(self.bwd, emb_rev, None)[0].gather(1, last).squeeze(1)  # (B, H) after x_n..x_1
         return torch.cat([h_fwd, h_bwd], dim=-1)  # (B, 2H)
 
 
@@ -272,20 +271,17 @@ class GRUDecoder(nn.Module):
 
     def forward(self, emb: Tensor, state: dict) -> tuple[Tensor, dict]:
         x = emb if state["in"] is None else emb + state["in"]  # (B, T, E)
-        weights = None
+        flat = list(self.rnn._flat_weights)  # [W_ih, W_hh, b_ih, b_hh] per layer
         if self.training and self.weight_drop > 0:  # DropConnect on W_hh, one mask per batch (Merity et al. 2018)
-            weights = dict(self.rnn.named_parameters())
             for i in range(self.layers):
-                weights[f"weight_hh_l{i}"] = self.hh_drop(weights[f"weight_hh_l{i}"])
-        weights = weights or dict(self.rnn.named_parameters())
-        names = [f"{kind}_l{i}" for i in range(self.layers) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                flat[4 * i + 1] = self.hh_drop(flat[4 * i + 1])
         if not (self.training and self.between.p):
-            out, h = run_gru(self.rnn, x, state["h"], [weights[k] for k in names])  # (B, T, H), (L, B, H)
+            out, h = run_gru(self.rnn, x, state["h"], flat)  # (B, T, H), (L, B, H)
             return out, {"h": h, "in": state["in"]}
-        h0 = state["h"] if state["h"] is not None else x.new_zeros(self.layers, x.size(0), self.H)  # (L, B, H)
+        h0 = state["h"]  # (L, B, H) or None (zeros)
         finals = []
         for i in range(self.layers):  # one layer at a time (the kernel nn.GRU runs), our dropout between them
-            x, h_i = run_gru(self.rnn, x, h0[i:i + 1], [weights[k] for k in names[4 * i:4 * i + 4]])  # (B, T, H), (1, B, H)
+            x, h_i = run_gru(self.rnn, x, None if h0 is None else h0[i:i + 1], flat[4 * i:4 * i + 4])  # (B, T, H), (1, B, H)
             finals.append(h_i)
             if i < self.layers - 1:
                 x = self.between(x)
