@@ -35,7 +35,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -49,6 +48,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
 from ptb import replace_between  # noqa: E402
 
 PTB = ROOT.parent / "shared" / "data" / "ptb"
@@ -324,7 +324,7 @@ def main() -> None:
     args = parser.parse_args()
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
     print(f"# {command}\n# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f}")
+          f"{cpu_name()}, load average {os.getloadavg()[0]:.2f}")
     ctx = mp.get_context("spawn")
     rows = []
     for name in args.models:  # a fresh process per model, so peak RSS is the model's own

@@ -24,7 +24,6 @@ import argparse
 import importlib.util
 import json
 import math
-import platform
 import shlex
 import sys
 import time
@@ -35,6 +34,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_name  # noqa: E402
 
 
 def load_grammar(path: Path = ROOT / "data" / "generate.py"):
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     print(f"# {command}")
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
+          f"{cpu_name()}")
     t0 = time.perf_counter()
     model, tokenizer = load_model(args.model)
     model.tokenizer = tokenizer
