@@ -343,7 +343,7 @@ def main() -> None:
         keys = ["train_tokens_per_s", "reference_train_tokens_per_s", "speedup", "mfu", "peak_gflops",
                 "encode_sentences_per_s", "decode_tokens_per_s", "peak_rss_mb"]
         out = {**{k: top[k] for k in keys}, "command": command, "threads": torch.get_num_threads(),
-               "load_average": os.getloadavg()[0], "models": rows}
+               "load_average": os.getloadavg()[0], "cpu": cpu_name(), "models": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
 
