@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_name  # noqa: E402
+from machine import cpu_id  # noqa: E402
 
 BLOCKS = ("quickstart-table", "quickstart-factors")
 RESULTS = ROOT / "benchmarks" / "results"
@@ -91,16 +91,16 @@ def check(readme: Path, metrics: dict, factors: dict) -> tuple[list[str], str]:
     if replace_blocks(text, render(kept_metrics, kept_factors)) != text:
         problems.append(f"{readme}'s quick-start blocks are not what {KEPT_METRICS.name} and {KEPT_FACTORS.name} give; "
                         "rerun the --write command")
-    same_cpu = cpu_name() == kept_metrics["cpu"]
+    same_cpu = cpu_id() == kept_metrics["cpu"]
     if same_cpu:
-        if replace_blocks(text, render(metrics, factors)) != text:
-            blocks = render(metrics, factors)
+        blocks = render(metrics, factors)
+        if replace_blocks(text, blocks) != text:
             problems.append(f"on the CPU that wrote them ({kept_metrics['cpu']}), this run does not give {readme}'s "
                             "quick-start blocks; it gives:\n\n" + "\n\n".join("\n".join(b) for b in blocks.values()))
     else:
         for key, tol in TOLERANCE.items():
             if abs(metrics[key] - kept_metrics[key]) > tol:
-                problems.append(f"{key} {metrics[key]:.4g} on {cpu_name()} is more than {tol} from the kept "
+                problems.append(f"{key} {metrics[key]:.4g} on {cpu_id()} is more than {tol} from the kept "
                                 f"{kept_metrics[key]:.4g} (written on {kept_metrics['cpu']})")
     return problems, "block for block" if same_cpu else "within tolerance"
 
@@ -129,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     factors = json.loads(args.factors_json.read_text())
     if args.write:
         args.write.write_text(replace_blocks(args.write.read_text(), render(metrics, factors)))
-        KEPT_METRICS.write_text(json.dumps({**metrics, "cpu": cpu_name()}, indent=1) + "\n")
+        KEPT_METRICS.write_text(json.dumps({**metrics, "cpu": cpu_id()}, indent=1) + "\n")
         if args.factors_json.resolve() != KEPT_FACTORS.resolve():
             KEPT_FACTORS.write_text(args.factors_json.read_text())
     elif args.check:
         problems, how = check(args.check, metrics, factors)
         print("\n".join(problems) or f"{args.run_dir} agrees with {args.check}'s quick-start blocks ({how}, on "
-              f"{cpu_name()})")
+              f"{cpu_id()})")
         return 1 if problems else 0
     else:
         print("\n\n".join("\n".join(lines) for lines in render(metrics, factors).values()))

@@ -41,12 +41,12 @@ def test_the_readme_check_is_block_for_block_on_the_cpu_that_wrote_it_and_within
     readme.write_text((ROOT / "README.md").read_text())
     nudged = {**kept, "elbo": kept["elbo"] - 0.3}  # 0.3 nats worse: within TOLERANCE, but another table
 
-    monkeypatch.setattr(quickstart, "cpu_name", lambda: kept["cpu"])
+    monkeypatch.setattr(quickstart, "cpu_id", lambda: kept["cpu"])
     assert quickstart.check(readme, kept, factors) == ([], "block for block")
     problems, _ = quickstart.check(readme, nudged, factors)
     assert len(problems) == 1 and "does not give" in problems[0] and f"{-nudged['elbo']:.2f}" in problems[0]
 
-    monkeypatch.setattr(quickstart, "cpu_name", lambda: "Some Other CPU")
+    monkeypatch.setattr(quickstart, "cpu_id", lambda: "Some Other CPU")
     assert quickstart.check(readme, nudged, factors) == ([], "within tolerance")
     problems, _ = quickstart.check(readme, {**kept, "kl": kept["kl"] + 0.5}, factors)
     assert len(problems) == 1 and problems[0].startswith("kl ") and "Some Other CPU" in problems[0]
