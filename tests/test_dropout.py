@@ -1,12 +1,13 @@
-"""textdvae.modeling.Dropout (masks from 16-bit random integers) against the distribution it must draw, and the GRU
-decoder's layer-by-layer path that applies it between layers, against nn.GRU."""
+"""textdvae.modeling.Dropout (masks from 16-bit random integers) against the distribution it must draw, the GRU
+decoder's layer-by-layer path that applies it between layers, against nn.GRU, and the Transformer's attention, which
+applies it to the attention probabilities in training on CPU, against scaled_dot_product_attention."""
 
 import math
 
 import pytest
 import torch
 
-from textdvae.modeling import Dropout, GRUDecoder, TextDVAEConfig
+from textdvae.modeling import Dropout, GRUDecoder, SelfAttention, TextDVAEConfig
 
 N = 1 << 20
 
@@ -76,3 +77,34 @@ def test_gru_decoder_runs_its_layers_one_by_one_as_nn_gru_does(with_state):
     assert torch.allclose(out, ref_out, atol=1e-6) and torch.allclose(new["h"], ref_h, atol=1e-6)
     del dec.between.forward  # the real dropout between layers changes the top layer's output
     assert not torch.allclose(dec(emb, state)[0], ref_out, atol=1e-3)
+
+
+def _attention(dropout: float) -> SelfAttention:
+    torch.manual_seed(0)
+    return SelfAttention(TextDVAEConfig(vocab_size=10, hidden_dim=32, num_heads=4, dropout=dropout)).train()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_with_its_dropout_off_is_scaled_dot_product_attention(causal):
+    ours, sdpa = _attention(0.3), _attention(0.0)  # the same weights; sdpa runs torch's kernel without dropout
+    ours.attn_drop.eval()  # the mask off, the explicit path on (training with p > 0 on CPU)
+    x = torch.randn(3, 7, 32)
+    key_mask = None if causal else torch.arange(7) < torch.tensor([[7], [4], [1]])  # (3, 7) True = a real token
+    torch.testing.assert_close(ours(x, key_mask, causal), sdpa(x, key_mask, causal), atol=1e-6, rtol=1e-5)
+
+
+def test_attention_dropout_drops_probabilities_at_rate_p_and_the_output_uses_them():
+    attn, seen = _attention(0.3), {}
+    attn.attn_drop.register_forward_hook(lambda module, args, out: seen.update(probs=args[0], dropped=out))
+    x = torch.randn(64, 24, 32)
+    y = attn(x, None, True)
+    probs, dropped = seen["probs"], seen["dropped"]  # (64, 4, 24, 24)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(64, 4, 24))  # rows of a softmax
+    assert torch.all(probs.triu(diagonal=1) == 0)  # causal: no position attends to a later one
+    live = probs > 0
+    rate = (dropped[live] == 0).float().mean().item()
+    assert abs(rate - 0.3) < 5 * math.sqrt(0.3 * 0.7 / live.sum().item())
+    kept = dropped != 0
+    torch.testing.assert_close(dropped[kept], probs[kept] * 65536 / (65536 - round(0.3 * 65536)))
+    v = attn.qkv(x)[..., 64:].view(64, 24, 4, 8).transpose(1, 2)  # (64, 4, 24, 8)
+    torch.testing.assert_close(y, attn.proj((dropped @ v).transpose(1, 2).reshape(64, 24, 32)))
