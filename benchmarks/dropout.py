@@ -30,10 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from gru_kernels import timed  # noqa: E402
-from throughput import load_sentences, train_step  # noqa: E402
-
 from machine import cpu_name  # noqa: E402
-from throughput import RECIPES  # noqa: E402
+from throughput import RECIPES, load_sentences, train_step  # noqa: E402
 
 from textdvae.modeling import Dropout, GRUDecoder, SelfAttention  # noqa: E402
 
