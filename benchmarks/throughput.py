@@ -10,7 +10,9 @@ For each recipe (the PTB GRU and Transformer models, and the quick-start model) 
 - `reference_train_tokens_per_s`: a reference written the way the best public text-VAE code does it (Bowman et al.
   2016; bohanli/vae-pretraining-encoder): an LSTM encoder, a Gaussian latent (32) concatenated to every decoder
   input, an LSTM decoder, the full-vocabulary softmax, batches of 32 sentences of one length (no padding), at the
-  recipe's embedding and hidden sizes. Ours and the reference are timed alternately, `--repeats` rounds, medians.
+  recipe's embedding and hidden sizes. Ours and the reference are timed alternately, `--repeats` rounds, medians;
+  each round runs its batches once untimed first (oneDNN builds its kernels for each new batch shape, a cost
+  training pays once per length).
 - `flops_per_token`: matrix-multiply FLOPs the model really does per target token, forward + backward (backward =
   2 x forward for every matmul: gradients for inputs and for weights), counted from shapes:
     GRU (3 gates) / LSTM (4 gates) layer:  2 * G * (I * H + H * H) per token and direction
@@ -228,11 +230,12 @@ def run_model(name: str, steps: int, repeats: int, precision: str, queue) -> Non
     peak, peak_bf16 = [matmul_peak()], [matmul_peak(dtype=torch.bfloat16)]
     ours_rates, ref_rates, gflops = [], [], []
     for r in range(repeats):
-        chunk = batches[(r + 1) * steps:(r + 2) * steps]
+        chunk, ref_chunk = batches[(r + 1) * steps:(r + 2) * steps], ref_batches[(r + 1) * steps:(r + 2) * steps]
+        ours(chunk), reference(ref_chunk)  # untimed: oneDNN builds its kernels for each batch shape on first sight
         t, n, f = ours(chunk)
         ours_rates.append(n / t)
         gflops.append(f / t / 1e9)
-        t, n = reference(ref_batches[(r + 1) * steps:(r + 2) * steps])
+        t, n = reference(ref_chunk)
         ref_rates.append(n / t)
         peak.append(matmul_peak())
         peak_bf16.append(matmul_peak(dtype=torch.bfloat16))
