@@ -11,9 +11,9 @@ reference of benchmarks/throughput.py (an LSTM VAE in batches of 32). This scrip
 * ``matmul``: GFLOP/s of the GRU's own products at batch 64 (B x H @ H x 3H, and the backward's B x 3H @ 3H x H) in
   fp32 and bf16, beside the 2048^2 peak of each dtype.
 * ``layer``: one recurrent layer at the recipe's shape (batch 64, 11 steps, 64 -> 128), forward + backward:
-  ``nn.GRU`` (what the model runs; on CPU PyTorch computes it step by step with autograd), a hand-written GRU
-  (:class:`HandGRU`: each step in six fused ops, no autograd graph inside, the weight gradients of all steps as one
-  product), and ``nn.LSTM`` (the reference's layer, which PyTorch hands to oneDNN's fused RNN kernel).
+  ``nn.GRU`` (what the model runs in fp32; on CPU PyTorch computes it step by step with autograd), a hand-written GRU
+  (``textdvae.modeling.GRULayer``, what bf16 training runs: no autograd graph inside, the weight gradients of all
+  steps as one product), and ``nn.LSTM`` (the reference's layer, which PyTorch hands to oneDNN's fused RNN kernel).
   ``onednn_gru``: whether oneDNN's GRU is reachable (`aten::mkldnn_rnn_layer` with the GRU mode), and its error.
 * ``profile``: the recipe's step under torch.profiler, the share of self CPU time in each of the top operators.
 """
@@ -37,70 +37,13 @@ from throughput import load_sentences, matmul_peak, train_step  # noqa: E402
 SHAPE = dict(batch=64, steps=11, inputs=64, hidden=128)  # the quick-start decoder's layer (mean length 9.7 + EOS)
 
 
-class HandGRU(torch.autograd.Function):
-    """One GRU layer (PyTorch's gate equations: r, z, n; Cho et al. 2014) with a hand-written backward.
-
-    Forward per step: gh = h W_hh^T + b_hh; [r, z] = sigmoid(gi_rz + gh_rz); n = tanh(gi_n + r * gh_n);
-    h' = n + z * (h - n) (torch.lerp). Backward per step, from dh: dn = dh (1 - z), dz = dh (h - n),
-    da_n = dn (1 - n^2), dr = da_n gh_n, da_rz = [dr, dz] * rz (1 - rz), dh_prev = dh z + [da_rz, da_n r] W_hh;
-    the input and weight gradients of all steps are then one product each. x: (T, B, I) time-major, h0: (B, H).
-    """
-
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
-        T, B, _ = x.shape
-        H = w_hh.shape[1]
-        gi = torch.addmm(b_ih, x.reshape(T * B, -1), w_ih.t()).view(T, B, 3 * H)  # (T, B, 3H) all steps at once
-        hs = x.new_empty(T + 1, B, H)
-        hs[0] = h0
-        rz, n, ghn = x.new_empty(T, B, 2 * H), x.new_empty(T, B, H), x.new_empty(T, B, H)
-        for t in range(T):
-            gh = torch.addmm(b_hh, hs[t], w_hh.t())  # (B, 3H)
-            torch.sigmoid(gi[t, :, :2 * H] + gh[:, :2 * H], out=rz[t])
-            ghn[t] = gh[:, 2 * H:]
-            torch.tanh(torch.addcmul(gi[t, :, 2 * H:], rz[t, :, :H], ghn[t]), out=n[t])
-            torch.lerp(n[t], hs[t], rz[t, :, H:], out=hs[t + 1])
-        ctx.save_for_backward(x, w_ih, w_hh, hs, rz, n, ghn)
-        return hs[1:]  # (T, B, H)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, w_ih, w_hh, hs, rz, n, ghn = ctx.saved_tensors
-        T, B, H = n.shape
-        dgi, dgh = x.new_empty(T, B, 3 * H), x.new_empty(T, B, 3 * H)
-        dh = torch.zeros_like(hs[0])
-        for t in range(T - 1, -1, -1):
-            dh = dh + grad_out[t]
-            z = rz[t, :, H:]
-            dan = dh * (1 - z) * (1 - n[t] * n[t])
-            drz = torch.cat([dan * ghn[t], dh * (hs[t] - n[t])], 1) * rz[t] * (1 - rz[t])
-            dgi[t, :, :2 * H], dgi[t, :, 2 * H:] = drz, dan
-            dgh[t, :, :2 * H] = drz
-            torch.mul(dan, rz[t, :, :H], out=dgh[t, :, 2 * H:])
-            dh = torch.addmm(dh * z, dgh[t], w_hh)
-        flat_i, flat_h = dgi.view(T * B, -1), dgh.view(T * B, -1)
-        return ((flat_i @ w_ih).view_as(x), dh, flat_i.t() @ x.reshape(T * B, -1),
-                flat_h.t() @ hs[:-1].reshape(T * B, H), flat_i.sum(0), flat_h.sum(0))
-
-
 def hand_gru(gru: torch.nn.GRU, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """`gru(x, h0)[0]` for a one-layer batch-first GRU, through :class:`HandGRU`."""
-    out = HandGRU.apply(x.transpose(0, 1), h0[0], gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
-    return out.transpose(0, 1)
+    """`gru(x, h0)[0]` for a one-layer batch-first GRU, through the package's hand-written layer
+    (`textdvae.modeling.GRULayer`, which bf16 training uses; tests/test_precision.py checks it against nn.GRU in
+    float64)."""
+    from textdvae.modeling import GRULayer
 
-
-def check_hand_gru() -> float:
-    """Largest difference from nn.GRU's outputs and gradients, in float64 (so that it tests the algebra)."""
-    torch.manual_seed(0)
-    gru = torch.nn.GRU(5, 7, batch_first=True).double()
-    x, h0 = torch.randn(3, 4, 5, dtype=torch.double, requires_grad=True), torch.randn(1, 3, 7, dtype=torch.double)
-    h0.requires_grad_()
-    weights = torch.randn(3, 4, 7, dtype=torch.double)
-    wrt = [x, h0, *gru.parameters()]
-    a = torch.autograd.grad((gru(x, h0)[0] * weights).sum(), wrt)
-    b = torch.autograd.grad((hand_gru(gru, x, h0) * weights).sum(), wrt)
-    out = (gru(x, h0)[0] - hand_gru(gru, x, h0)).abs().max().item()
-    return max(out, *((u - v).abs().max().item() for u, v in zip(a, b)))
+    return GRULayer.apply(x.transpose(0, 1), h0[0], *gru._flat_weights).transpose(0, 1)
 
 
 def timed(fn, rounds: int = 5, calls: int = 20) -> float:
@@ -167,7 +110,7 @@ def measure_layers() -> dict:
     gru, lstm = torch.nn.GRU(I, H, batch_first=True), torch.nn.LSTM(I, H, batch_first=True)
     x, h0 = torch.randn(B, T, I, requires_grad=True), torch.zeros(1, B, H)
     runs = {"nn.GRU": lambda: gru(x, h0)[0].sum().backward(),
-            "HandGRU": lambda: hand_gru(gru, x, h0).sum().backward(),
+            "GRULayer": lambda: hand_gru(gru, x, h0).sum().backward(),
             "nn.LSTM (oneDNN)": lambda: lstm(x)[0].sum().backward()}
     out = {}
     for name, fn in runs.items():
@@ -208,10 +151,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    error = check_hand_gru()
-    if error > 1e-10:
-        raise SystemExit(f"HandGRU disagrees with nn.GRU by {error:.2e}: fix it before timing it")
-    result = {"threads": args.threads, "shape": SHAPE, "hand_gru_max_error_float64": error,
+    result = {"threads": args.threads, "shape": SHAPE,
               "peak_gflops": {"float32": round(matmul_peak(), 1), "bfloat16": round(matmul_peak(dtype=torch.bfloat16), 1)}}
     print(f"peak: {result['peak_gflops']}", flush=True)
     result["matmul"] = measure_matmuls()

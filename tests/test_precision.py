@@ -110,3 +110,28 @@ def test_the_grus_run_in_bf16_end_to_end_under_autocast_and_exactly_as_nn_gru_ou
             params, pooled = model.posterior(ids, mask)
             cond = model.condition(torch.nn.functional.one_hot(params.argmax(-1), params.size(-1)).float())
             assert pooled.dtype == model.decoder_states(ids, cond).dtype == dtype
+
+
+def test_the_hand_written_gru_layer_equals_nn_gru_with_every_gradient():
+    """`modeling.GRULayer` (the bf16 training path's GRU) against nn.GRU in float64, so that the comparison tests
+    its algebra, not rounding: outputs, and the gradients of the inputs, the initial state and all four weights,
+    with a loss that reads every step's output and the final state (the decoder's and the encoder's uses)."""
+    from textdvae.modeling import GRULayer
+
+    torch.manual_seed(0)
+    gru = nn.GRU(5, 7, batch_first=True).double()
+    x = torch.randn(3, 6, 5, dtype=torch.double, requires_grad=True)
+    h0 = torch.randn(1, 3, 7, dtype=torch.double, requires_grad=True)
+    weights = torch.randn(3, 6, 7, dtype=torch.double)
+    wrt = [x, h0, *gru.parameters()]
+
+    def loss(out):  # out (B, T, H): every step, and the last one again
+        return (out * weights).sum() + out[:, -1].square().sum()
+
+    ref_out = gru(x, h0)[0]
+    ref = torch.autograd.grad(loss(ref_out), wrt)
+    out = GRULayer.apply(x.transpose(0, 1), h0[0], *gru._flat_weights).transpose(0, 1)
+    got = torch.autograd.grad(loss(out), wrt)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)

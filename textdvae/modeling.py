@@ -193,16 +193,83 @@ def rnn_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+class GRULayer(torch.autograd.Function):
+    """One GRU layer (PyTorch's gates r, z, n; Cho et al. 2014) with a hand-written backward, for bf16 training on
+    CPU. There `torch.gru` runs step by step under autograd: about 20 small ops a step in the backward, and every
+    step's weight gradient as its own product, summed in bf16. Here the backward takes 8 ops a step and the input and
+    weight gradients of all steps are one product each (accumulated in fp32 inside the matmul).
+
+    Forward, per step:  gh = h W_hh^T + b_hh;  [r, z] = sigmoid(gi_rz + gh_rz);  n = tanh(gi_n + r * gh_n);
+                        h' = (1 - z) n + z h = lerp(n, h, z),    with gi = x W_ih^T + b_ih for all steps at once.
+    Backward, per step, from dh (dL/dh' plus the output's gradient):
+        da_n = dh (1 - z)(1 - n^2),  da_r = da_n gh_n r (1 - r),  da_z = dh (h - n) z (1 - z),
+        dh_prev = dh z + [da_r, da_z, da_n r] W_hh;   then dW_ih = da^T x, dW_hh = [da_r, da_z, da_n r]^T h_prev.
+    x: (T, B, I) time-major, h0: (B, H) -> outputs (T, B, H). Equal to nn.GRU in float64 (tests/test_precision.py)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        gi = torch.addmm(b_ih, x.reshape(T * B, -1), w_ih.t()).view(T, B, 3 * H)  # (T, B, 3H) all steps at once
+        gh = x.new_empty(T, B, 3 * H)
+        hs = x.new_empty(T + 1, B, H)  # h_0 .. h_T
+        hs[0] = h0
+        rz, n = x.new_empty(T, B, 2 * H), x.new_empty(T, B, H)
+        for t in range(T):
+            torch.addmm(b_hh, hs[t], w_hh.t(), out=gh[t])  # (B, 3H)
+            torch.sigmoid(gi[t, :, :2 * H] + gh[t, :, :2 * H], out=rz[t])
+            torch.tanh(torch.addcmul(gi[t, :, 2 * H:], rz[t, :, :H], gh[t, :, 2 * H:]), out=n[t])
+            torch.lerp(n[t], hs[t], rz[t, :, H:], out=hs[t + 1])
+        ctx.save_for_backward(x, w_ih, w_hh, hs, rz, n, gh)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out (T, B, H)
+        x, w_ih, w_hh, hs, rz, n, gh = ctx.saved_tensors
+        T, B, H = n.shape
+        r, z = rz[..., :H], rz[..., H:]
+        # the per-step coefficients, for all steps at once: (T, B, H) each
+        c_n = (1 - z) * (1 - n * n)
+        c_r = gh[..., 2 * H:] * r * (1 - r)
+        c_z = (hs[:-1] - n) * z * (1 - z)
+        da = x.new_empty(T, B, 3 * H)  # d(loss)/d(gate pre-activations through gi): [a_r, a_z, a_n]
+        dgh = x.new_empty(T, B, 3 * H)  # ... through gh: [a_r, a_z, a_n r]
+        dh = grad_out[T - 1].clone()
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:
+                dh += grad_out[t]
+            dan = torch.mul(dh, c_n[t], out=da[t, :, 2 * H:])
+            torch.mul(dan, c_r[t], out=da[t, :, :H])
+            torch.mul(dh, c_z[t], out=da[t, :, H:2 * H])
+            dgh[t, :, :2 * H] = da[t, :, :2 * H]
+            torch.mul(dan, r[t], out=dgh[t, :, 2 * H:])
+            dh = torch.addmm(dh * z[t], dgh[t], w_hh)  # (B, H)
+        flat_a, flat_h = da.view(T * B, 3 * H), dgh.view(T * B, 3 * H)
+        dx = (flat_a @ w_ih).view_as(x) if ctx.needs_input_grad[0] else None
+        return (dx, dh, flat_a.t() @ x.reshape(T * B, -1), flat_h.t() @ hs[:-1].reshape(T * B, H),
+                flat_a.sum(0), flat_h.sum(0))
+
+
 def run_gru(gru: nn.GRU, x: Tensor, h0: Tensor | None, params: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """`gru` (batch first, one direction) over x (B, T, E) from h0 (L, B, H) or zeros, in `rnn_dtype(x)`; `params`
-    replaces its flat weights (DropConnect, one layer of several). -> outputs (B, T, H), final states (L, B, H)."""
+    replaces its flat weights (DropConnect, one layer of several). -> outputs (B, T, H), final states (L, B, H).
+    Training in bf16 on CPU goes through `GRULayer` (one layer at a time; its speed: benchmarks/RESULTS.md,
+    Performance, session 28); everything else through `torch.gru`, the kernel nn.GRU calls."""
     dtype = rnn_dtype(x)
     params = gru._flat_weights if params is None else params
     layers = len(params) // 4
     if h0 is None:
         h0 = x.new_zeros(layers, x.size(0), gru.hidden_size, dtype=dtype)
     params = [p.to(dtype) for p in params]
-    return torch.gru(x.to(dtype), h0.to(dtype), params, True, layers, gru.dropout, gru.training, False, True)
+    x, h0 = x.to(dtype), h0.to(dtype)
+    if dtype == torch.bfloat16 and torch.is_grad_enabled() and (layers == 1 or not (gru.training and gru.dropout)):
+        finals = []
+        x = x.transpose(0, 1)  # (T, B, E)
+        for i in range(layers):
+            x = GRULayer.apply(x, h0[i], *params[4 * i:4 * i + 4])  # (T, B, H)
+            finals.append(x[-1])
+        return x.transpose(0, 1), torch.stack(finals)
+    return torch.gru(x, h0, params, True, layers, gru.dropout, gru.training, False, True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
