@@ -4,7 +4,7 @@
 
 At the PTB recipes' sizes (batch 128 sentences of 26 tokens: 3,328 target tokens; width 256; 10,002 words):
 the matrix-product peak (2048 x 2048), the embedding lookup, the GRU encoder (1 layer, both directions) and decoder
-(2 layers), the exact adaptive softmax (cutoffs 1,000 and 5,000), a full 10k softmax, one causal Transformer block
+(2 layers), both through `modeling.run_gru` as the model runs them, the exact adaptive softmax (cutoffs 1,000 and 5,000), a full 10k softmax, one causal Transformer block
 (4 heads, FFN 1,024, fused attention), and the whole PTB GRU training step (AdamW included). fp32 and bf16 are timed
 alternately, `--repeats` rounds, medians; `speedup` = fp32 time / bf16 time, so the ratio holds on a noisy machine.
 The table goes to README.md between the precision markers (with the command and thread count) and the rows to
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ptb import replace_between  # noqa: E402
 
 from textdvae import TextDVAE, TextDVAEConfig  # noqa: E402
-from textdvae.modeling import Block, adaptive_target_log_probs  # noqa: E402
+from textdvae.modeling import Block, adaptive_target_log_probs, run_gru  # noqa: E402
 
 MARKERS = ("<!-- precision-table: written by benchmarks/precision.py -->", "<!-- /precision-table -->")
 B, T, H, V = 128, 26, 256, 10002
@@ -45,7 +45,7 @@ def parts() -> dict[str, callable]:
     flat = torch.randn(B * T, H, requires_grad=True)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     embed = nn.Embedding(V, H)
-    enc = nn.GRU(H, H, batch_first=True, bidirectional=True)
+    enc_fwd, enc_bwd = nn.GRU(H, H, batch_first=True), nn.GRU(H, H, batch_first=True)  # as GRUEncoder runs them
     dec = nn.GRU(H, H, num_layers=2, batch_first=True)
     adaptive = nn.AdaptiveLogSoftmaxWithLoss(H, V, [1000, 5000], div_value=4.0)
     full = nn.Linear(H, V)
@@ -65,8 +65,9 @@ def parts() -> dict[str, callable]:
     return {
         "matmul 2048 x 2048 (forward only)": lambda: a @ b,
         "embedding lookup": lambda: embed(ids).sum().backward(),
-        "GRU encoder, 1 layer x 2 directions": lambda: enc(x)[0].float().sum().backward(),
-        "GRU decoder, 2 layers": lambda: dec(x)[0].float().sum().backward(),
+        "GRU encoder, 1 layer x 2 directions": lambda: sum(run_gru(g, x, None)[0].float().sum()
+                                                          for g in (enc_fwd, enc_bwd)).backward(),
+        "GRU decoder, 2 layers": lambda: run_gru(dec, x, None)[0].float().sum().backward(),
         "adaptive softmax (1,000 / 5,000)": lambda: adaptive_target_log_probs(adaptive, flat, ids.flatten()).sum().backward(),
         "full softmax (10,002)": lambda: F.cross_entropy(full(flat).float(), ids.flatten()).backward(),
         "Transformer block, causal, fused attention": lambda: block(x, causal=True).float().sum().backward(),
