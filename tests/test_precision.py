@@ -17,7 +17,8 @@ from textdvae import TextDVAE, TextDVAEConfig
 from textdvae import recipe as recipe_lib
 from textdvae.evaluation import elbo_pass
 from textdvae.modeling import adaptive_target_log_probs
-from textdvae.training import Trainer
+from textdvae import training
+from textdvae.training import Trainer, cpu_lacks_bf16
 
 from conftest import ROOT, TINY, TINY_MODEL
 
@@ -59,11 +60,13 @@ def test_a_forward_under_bf16_autocast_keeps_its_loss_terms_in_fp32(kw):
     assert bf16.kl.mean().item() == pytest.approx(fp32.kl.mean().item(), rel=0.05, abs=0.02)
 
 
-def test_a_bf16_run_learns_with_fp32_weights_and_evaluates_in_fp32(tmp_path, one_thread):
+def test_a_bf16_run_learns_with_fp32_weights_and_evaluates_in_fp32(tmp_path, one_thread, monkeypatch, caplog):
     out = tmp_path / "bf16"
+    monkeypatch.setattr(training, "cpu_lacks_bf16", lambda: True)  # as on a CPU without AVX-512 BF16 or AMX
     trainer = Trainer(recipe_lib.load(RECIPE, [f"output_dir={out}", *TINY, "train.mixed_precision=bf16",
                                                "train.max_steps=120", "train.eval_every=60", "train.save_every=200",
                                                "train.log_every=10"]))
+    assert "no bf16 matrix instructions" in caplog.text and "train.mixed_precision=no" in caplog.text
     trainer.train()
     model = trainer.unwrapped
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights
@@ -135,3 +138,17 @@ def test_the_hand_written_gru_layer_equals_nn_gru_with_every_gradient():
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_cpu_lacks_bf16_reads_the_flags_and_says_false_when_it_cannot_tell(tmp_path):
+    """The warning for bf16 on a CPU that would emulate it: True only when the flags are there and name neither
+    avx512_bf16 nor amx_bf16."""
+    cases = {"flags\t\t: fpu sse2 avx2 avx512f avx512bw\n": True,
+             "flags\t\t: fpu avx2 avx512f avx512_bf16\n": False,
+             "flags\t\t: fpu avx2 amx_tile amx_bf16\n": False,
+             "processor\t: 0\nFeatures\t: fp asimd bf16\n": False}  # no x86 flags line (an ARM machine): unknown
+    for i, (text, lacks) in enumerate(cases.items()):
+        path = tmp_path / f"cpuinfo{i}"
+        path.write_text(text)
+        assert cpu_lacks_bf16(str(path)) is lacks, text
+    assert cpu_lacks_bf16(str(tmp_path / "missing")) is False

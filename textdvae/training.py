@@ -95,6 +95,16 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.exit_code = 128 + int(signum)  # the shell convention: 130 for SIGINT, 143 for SIGTERM
 
 
+def cpu_lacks_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU's flags are readable (Linux) and name neither AVX-512 BF16 nor AMX BF16; False when unknown."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    return flags is not None and not {"avx512_bf16", "amx_bf16"} & set(flags)
+
+
 class Trainer:
     """One training run of a recipe: ``train()`` = setup -> _loop -> save_checkpoint -> finish."""
 
@@ -118,6 +128,10 @@ class Trainer:
             raise TrainingError(f"started as {launched} processes, but accelerate set up "
                                 f"{self.accelerator.num_processes}; check the launcher's options (accelerate config)")
         self.is_main = self.accelerator.is_main_process
+        if self.cfg.mixed_precision == "bf16" and self.accelerator.device.type == "cpu" and cpu_lacks_bf16():
+            self._inform("warning: train.mixed_precision is bf16, but this CPU has no bf16 matrix instructions "
+                         "(AVX-512 BF16 or AMX) and will emulate them, slower than fp32: set train.mixed_precision=no",
+                         warn=True)
         if missing:
             self._inform(f"warning: train.log_with names {', '.join(missing)}, not installed: not logging there "
                          "(install it, e.g. pip install 'textdvae[tensorboard]', or drop it from train.log_with)", warn=True)
