@@ -152,3 +152,25 @@ def test_cpu_lacks_bf16_reads_the_flags_and_says_false_when_it_cannot_tell(tmp_p
         path.write_text(text)
         assert cpu_lacks_bf16(str(path)) is lacks, text
     assert cpu_lacks_bf16(str(tmp_path / "missing")) is False
+
+
+def test_rows_in_buckets_is_the_layer_on_padded_rows_with_the_padding_cut_off():
+    """The output layer's products under CPU bf16 autocast see row counts in multiples of a bucket (so that oneDNN
+    reuses its kernels): the values and gradients are the layer's own, and the layer really saw the padded shape."""
+    from textdvae.modeling import rows_in_buckets
+
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(6, 3, bias=False), nn.Linear(3, 11, bias=False)).double()  # an adaptive tail
+    seen = []
+    layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    x = torch.randn(5, 6, dtype=torch.double, requires_grad=True)
+    out = rows_in_buckets(layer, x, 4)
+    assert seen == [8] and out.shape == (5, 11)
+    ref = layer(x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    g = torch.randn(5, 11, dtype=torch.double)
+    got = torch.autograd.grad((out * g).sum(), [x, *layer.parameters()])
+    want = torch.autograd.grad((ref * g).sum(), [x, *layer.parameters()])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert rows_in_buckets(layer, x[:4], 4).shape == (4, 11) and seen[-1] == 4  # a full bucket is not padded
