@@ -12,7 +12,7 @@ For each recipe (the PTB GRU and Transformer models, and the quick-start model) 
   input, an LSTM decoder, the full-vocabulary softmax, batches of 32 sentences of one length (no padding), at the
   recipe's embedding and hidden sizes. Ours and the reference are timed alternately, `--repeats` rounds, medians;
   each round runs its batches once untimed first (oneDNN builds its kernels for each new batch shape, a cost
-  training pays once per length).
+  training pays once per length, and for the output layer once per bucket of rows: benchmarks/shapes.py).
 - `flops_per_token`: matrix-multiply FLOPs the model really does per target token, forward + backward (backward =
   2 x forward for every matmul: gradients for inputs and for weights), counted from shapes:
     GRU (3 gates) / LSTM (4 gates) layer:  2 * G * (I * H + H * H) per token and direction
