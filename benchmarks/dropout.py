@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from gru_kernels import timed  # noqa: E402
 from machine import cpu_name  # noqa: E402
-from throughput import RECIPES, load_sentences, train_step  # noqa: E402
+from throughput import recipe_data, train_step  # noqa: E402
 
 from textdvae.modeling import Dropout, GRUDecoder, SelfAttention  # noqa: E402
 
@@ -68,18 +68,11 @@ def measure_mask(rounds: int) -> list[dict]:
 
 
 def measure_steps(name: str, steps: int, repeats: int) -> list[dict]:
-    from textdvae import recipe as recipe_lib
-    from textdvae.data import collate, configure_model_for_tokenizer, encode, make_batches
+    from textdvae.data import collate
     from textdvae.modeling import TextDVAE
     from textdvae.optim import build_optimizer
-    from textdvae.tokenization import build_tokenizer
 
-    recipe = recipe_lib.load(ROOT / RECIPES[name])
-    texts = load_sentences(name)
-    tok = build_tokenizer(recipe.tokenizer, texts)
-    configure_model_for_tokenizer(recipe, tok)
-    ids, _ = encode(tok, texts, recipe.data.max_length)
-    order = make_batches([len(s) for s in ids], recipe.train.batch_size, shuffle=True, seed=0)
+    recipe, ids, order = recipe_data(name)
     batches = [collate([ids[i] for i in b], recipe.model.pad_token_id) for b in order[: steps * repeats]]
     rows = []
     for bf16 in (False, True):

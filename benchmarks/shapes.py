@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine import cpu_name  # noqa: E402
-from throughput import RECIPES, load_sentences, train_step  # noqa: E402
+from throughput import recipe_data, train_step  # noqa: E402
 
 from textdvae import modeling  # noqa: E402
 
@@ -53,22 +53,15 @@ def measure_matmul(calls: int = 30) -> dict:
 
 
 def measure_steps(name: str, steps: int, repeats: int) -> dict:
-    from textdvae import recipe as recipe_lib
-    from textdvae.data import collate, configure_model_for_tokenizer, encode, make_batches
+    from textdvae.data import collate
     from textdvae.modeling import TextDVAE
     from textdvae.optim import build_optimizer
-    from textdvae.tokenization import build_tokenizer
 
     torch.manual_seed(0)
-    recipe = recipe_lib.load(ROOT / RECIPES[name])
-    texts = load_sentences(name)
-    tok = build_tokenizer(recipe.tokenizer, texts)
-    configure_model_for_tokenizer(recipe, tok)
-    ids, _ = encode(tok, texts, recipe.data.max_length)
+    recipe, ids, order = recipe_data(name)
     cfg, tc = recipe.model, recipe.train
     model = TextDVAE(cfg).train()
     opt = build_optimizer(model, tc)
-    order = make_batches([len(s) for s in ids], tc.batch_size, shuffle=True, seed=0)
     chunks = [[collate([ids[i] for i in b], cfg.pad_token_id) for b in order[k * steps:(k + 1) * steps]]
               for k in range(2 * (repeats + 1))]  # every chunk is timed once, by one variant
     rates: dict[int, list[float]] = {1: [], modeling.ROW_BUCKET: []}

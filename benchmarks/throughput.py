@@ -173,27 +173,34 @@ def load_sentences(name: str) -> list[str]:
     return [json.loads(line)["text"] for line in (ROOT / "data/train.jsonl").read_text().splitlines()]
 
 
-def run_model(name: str, steps: int, repeats: int, precision: str, queue) -> None:
+def recipe_data(name: str):
+    """A recipe of RECIPES with its tokenizer built on its training sentences -> (recipe, token ids of every
+    sentence, the recipe's length-bucketed batch order of the first epoch: lists of sentence indices)."""
     from textdvae import recipe as recipe_lib
-    from textdvae.data import collate, encode, make_batches
-    from textdvae.explore import greedy_decode
-    from textdvae.modeling import TextDVAE
+    from textdvae.data import configure_model_for_tokenizer, encode, make_batches
     from textdvae.tokenization import build_tokenizer
-    from textdvae.data import configure_model_for_tokenizer
-    from textdvae.optim import build_optimizer
 
-    torch.manual_seed(0)
     recipe = recipe_lib.load(ROOT / RECIPES[name])
     texts = load_sentences(name)
     tok = build_tokenizer(recipe.tokenizer, texts)
     configure_model_for_tokenizer(recipe, tok)
     ids, _ = encode(tok, texts, recipe.data.max_length)
+    return recipe, ids, make_batches([len(s) for s in ids], recipe.train.batch_size, shuffle=True, seed=0)
+
+
+def run_model(name: str, steps: int, repeats: int, precision: str, queue) -> None:
+    from textdvae.data import collate
+    from textdvae.explore import greedy_decode
+    from textdvae.modeling import TextDVAE
+    from textdvae.optim import build_optimizer
+
+    torch.manual_seed(0)
+    recipe, ids, order = recipe_data(name)
     cfg, tc = recipe.model, recipe.train
     bf16 = (tc.mixed_precision if precision == "recipe" else precision) == "bf16"  # ours runs in this dtype
     model = TextDVAE(cfg)
     opt = build_optimizer(model, tc)  # the optimizer training uses
-    batches = make_batches([len(s) for s in ids], tc.batch_size, shuffle=True, seed=0)
-    batches = [collate([ids[i] for i in b], cfg.pad_token_id) for b in batches[: steps * (repeats + 1)]]
+    batches = [collate([ids[i] for i in b], cfg.pad_token_id) for b in order[: steps * (repeats + 1)]]
     # reference batches: 32 sentences of one length
     by_len: dict[int, list[list[int]]] = {}
     for s in ids:
