@@ -139,6 +139,22 @@ def test_the_hand_written_gru_layer_equals_nn_gru_with_every_gradient():
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
 
+    # two layers in one graph: the second's backward runs first and hands its input gradient to the first, whose
+    # backward reuses the same scratch buffer (grown for a longer sentence first, so that it is not a fresh one)
+    GRULayer.apply(torch.randn(11, 3, 5, dtype=torch.double, requires_grad=True), h0[0],
+                   *gru._flat_weights).sum().backward()
+    gru2 = nn.GRU(5, 7, 2, batch_first=True).double()
+    h0 = torch.randn(2, 3, 7, dtype=torch.double, requires_grad=True)
+    wrt = [x, h0, *gru2.parameters()]
+    ref_out = gru2(x, h0)[0]
+    ref = torch.autograd.grad(loss(ref_out), wrt)
+    w = gru2._flat_weights
+    out = GRULayer.apply(GRULayer.apply(x.transpose(0, 1), h0[0], *w[:4]), h0[1], *w[4:]).transpose(0, 1)
+    got = torch.autograd.grad(loss(out), wrt)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
 
 def test_cpu_lacks_bf16_reads_the_flags_and_says_false_when_it_cannot_tell(tmp_path):
     """The warning for bf16 on a CPU that would emulate it: True only when the flags are there and name neither

@@ -18,6 +18,7 @@ M conditioning vectors (N for categorical codes, 1 for a Gaussian latent, 0 with
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -199,15 +200,19 @@ def cpu_bf16_autocast(x: Tensor) -> bool:
 class GRULayer(torch.autograd.Function):
     """One GRU layer (PyTorch's gates r, z, n; Cho et al. 2014) with a hand-written backward, for bf16 training on
     CPU. There `torch.gru` runs step by step under autograd: about 20 small ops a step in the backward, and every
-    step's weight gradient as its own product, summed in bf16. Here the backward takes 8 ops a step and the input and
-    weight gradients of all steps are one product each (accumulated in fp32 inside the matmul).
+    step's weight gradient as its own product, summed in bf16. Here the backward takes 2 small ops and one product a
+    step, and the input and weight gradients of all steps are one product each (accumulated in fp32 in the matmul).
 
     Forward, per step:  gh = h W_hh^T + b_hh;  [r, z] = sigmoid(gi_rz + gh_rz);  n = tanh(gi_n + r * gh_n);
                         h' = (1 - z) n + z h = lerp(n, h, z),    with gi = x W_ih^T + b_ih for all steps at once.
-    Backward, per step, from dh (dL/dh' plus the output's gradient):
-        da_n = dh (1 - z)(1 - n^2),  da_r = da_n gh_n r (1 - r),  da_z = dh (h - n) z (1 - z),
-        dh_prev = dh z + [da_r, da_z, da_n r] W_hh;   then dW_ih = da^T x, dW_hh = [da_r, da_z, da_n r]^T h_prev.
-    x: (T, B, I) time-major, h0: (B, H) -> outputs (T, B, H). Equal to nn.GRU in float64 (tests/test_precision.py)."""
+    Backward, from dh_t = dL/dh_t in total (the output's gradient plus what flows back from step t + 1):
+        c_n = (1 - z)(1 - n^2);   [a_r, a_z, a_n] = dh [c_n gh_n r (1 - r), (h_prev - n) z (1 - z), c_n]
+        dgh = [a_r, a_z, a_n r] = dh * coef   (coef for all steps at once, before the loop)
+        dh_{t-1} = grad_out_{t-1} + dh_t z + dgh W_hh;   then dW_ih = a^T x, dW_hh = dgh^T h_prev.
+    x: (T, B, I) time-major, h0: (B, H) -> outputs (T, B, H). Equal to nn.GRU in float64 (tests/test_precision.py).
+    The backward's scratch (about 9 T B H values) lives in `_scratch`, reused from call to call: fresh buffers of
+    that size cost a page fault every 4 KB on first write, which took a tenth of the PTB recipe's bf16 step
+    (benchmarks/RESULTS.md, Performance, session 29)."""
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
@@ -231,26 +236,46 @@ class GRULayer(torch.autograd.Function):
         x, w_ih, w_hh, hs, rz, n, gh = ctx.saved_tensors
         T, B, H = n.shape
         r, z = rz[..., :H], rz[..., H:]
-        # the per-step coefficients, for all steps at once: (T, B, H) each
-        c_n = (1 - z) * (1 - n * n)
-        c_r = gh[..., 2 * H:] * r * (1 - r)
-        c_z = (hs[:-1] - n) * z * (1 - z)
-        da = x.new_empty(T, B, 3 * H)  # d(loss)/d(gate pre-activations through gi): [a_r, a_z, a_n]
-        dgh = x.new_empty(T, B, 3 * H)  # ... through gh: [a_r, a_z, a_n r]
-        dh = grad_out[T - 1].clone()
+        S = T * B * H
+        scratch = _scratch(9 * S, x.dtype)
+        coef, dgh = (scratch[i * 3 * S:(i + 1) * 3 * S].view(T, B, 3, H) for i in range(2))  # per gate: r, z, n
+        dhs, c_n, tmp = (scratch[(6 + i) * S:(7 + i) * S].view(T, B, H) for i in range(3))
+        one = x.new_ones(())
+        torch.mul(n, n, out=c_n)
+        torch.sub(one, c_n, out=c_n)
+        c_n.mul_(torch.sub(one, z, out=tmp))  # (1 - z)(1 - n^2)
+        torch.sub(one, r, out=tmp).mul_(r).mul_(gh[..., 2 * H:])
+        torch.mul(c_n, tmp, out=coef[:, :, 0])  # c_n gh_n r (1 - r)
+        torch.sub(one, z, out=tmp).mul_(z)
+        torch.sub(hs[:-1], n, out=coef[:, :, 1]).mul_(tmp)  # (h_prev - n) z (1 - z)
+        torch.mul(c_n, r, out=coef[:, :, 2])
+        dhs[T - 1] = grad_out[T - 1]
         for t in range(T - 1, -1, -1):
-            if t < T - 1:
-                dh += grad_out[t]
-            dan = torch.mul(dh, c_n[t], out=da[t, :, 2 * H:])
-            torch.mul(dan, c_r[t], out=da[t, :, :H])
-            torch.mul(dh, c_z[t], out=da[t, :, H:2 * H])
-            dgh[t, :, :2 * H] = da[t, :, :2 * H]
-            torch.mul(dan, r[t], out=dgh[t, :, 2 * H:])
-            dh = torch.addmm(dh * z[t], dgh[t], w_hh)  # (B, H)
+            if t < T - 1:  # dh_t = grad_out_t + dh_{t+1} z_{t+1} + dgh_{t+1} W_hh
+                torch.addmm(torch.addcmul(grad_out[t], dhs[t + 1], z[t + 1]), dgh[t + 1].view(B, 3 * H), w_hh,
+                            out=dhs[t])
+            torch.mul(dhs[t].unsqueeze(1), coef[t], out=dgh[t])  # (B, 3, H)
+        dh0 = torch.addmm(dhs[0] * z[0], dgh[0].view(B, 3 * H), w_hh)
+        da = coef  # coef is spent: a = [a_r, a_z, a_n] goes in its place
+        da.copy_(dgh)
+        torch.mul(dhs, c_n, out=da[:, :, 2])
         flat_a, flat_h = da.view(T * B, 3 * H), dgh.view(T * B, 3 * H)
         dx = (flat_a @ w_ih).view_as(x) if ctx.needs_input_grad[0] else None
-        return (dx, dh, flat_a.t() @ x.reshape(T * B, -1), flat_h.t() @ hs[:-1].reshape(T * B, H),
+        # (x^T a)^T: oneDNN runs the product with its long dimension inside faster than a^T x (1.1 against 1.6 ms)
+        return (dx, dh0, (x.reshape(T * B, -1).t() @ flat_a).t(), (hs[:-1].reshape(T * B, H).t() @ flat_h).t(),
                 flat_a.sum(0), flat_h.sum(0))
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(numel: int, dtype: torch.dtype) -> Tensor:
+    """A flat CPU buffer of at least `numel` values, this thread's own, kept (and grown) between calls."""
+    buffers = _SCRATCH.__dict__.setdefault("by_dtype", {})
+    buf = buffers.get(dtype)
+    if buf is None or buf.numel() < numel:
+        buf = buffers[dtype] = torch.empty(numel, dtype=dtype)
+    return buf
 
 
 def run_gru(gru: nn.GRU, x: Tensor, h0: Tensor | None, params: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
