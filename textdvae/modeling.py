@@ -212,7 +212,8 @@ class GRULayer(torch.autograd.Function):
     x: (T, B, I) time-major, h0: (B, H) -> outputs (T, B, H). Equal to nn.GRU in float64 (tests/test_precision.py).
     The backward's scratch (about 9 T B H values) lives in `_scratch`, reused from call to call: fresh buffers of
     that size cost a page fault every 4 KB on first write, which took a tenth of the PTB recipe's bf16 step
-    (benchmarks/RESULTS.md, Performance, session 29)."""
+    (benchmarks/RESULTS.md, Performance, session 29). It stays allocated at the largest size met, for the life of the
+    thread: 47 MB for the PTB recipe's longest batch (T = 80, B = 128, H = 256)."""
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
