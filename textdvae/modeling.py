@@ -245,10 +245,9 @@ class GRULayer(torch.autograd.Function):
         torch.mul(n, n, out=c_n)
         torch.sub(one, c_n, out=c_n)
         c_n.mul_(torch.sub(one, z, out=tmp))  # (1 - z)(1 - n^2)
+        torch.sub(hs[:-1], n, out=coef[:, :, 1]).mul_(tmp.mul_(z))  # (h_prev - n) z (1 - z), 1 - z formed once
         torch.sub(one, r, out=tmp).mul_(r).mul_(gh[..., 2 * H:])
         torch.mul(c_n, tmp, out=coef[:, :, 0])  # c_n gh_n r (1 - r)
-        torch.sub(one, z, out=tmp).mul_(z)
-        torch.sub(hs[:-1], n, out=coef[:, :, 1]).mul_(tmp)  # (h_prev - n) z (1 - z)
         torch.mul(c_n, r, out=coef[:, :, 2])
         dhs[T - 1] = grad_out[T - 1]
         for t in range(T - 1, -1, -1):
